@@ -1,0 +1,112 @@
+"""``fhir-gateway``: serve, convert and validate from the command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import orjson
+
+from gateway.config import load_config
+
+
+def _gateway(args: argparse.Namespace):
+    from gateway.runtime import Gateway
+    overrides = {}
+    if getattr(args, "data_dir", None):
+        overrides["DATA_DIR"] = args.data_dir
+    return Gateway.from_config(load_config(overrides))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from waitress import serve
+
+    from gateway import create_app
+    overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port), ("DATA_DIR", args.data_dir)) if v}
+    app = create_app(overrides)
+    host, port = app.config["HOST"], int(app.config["PORT"])
+    print(f"Lecheng FHIR gateway on http://{host}:{port}  (FHIR base /fhir, HL7 v2 POST /hl7v2, "
+          f"database {app.config['DATABASE_URL']})", flush=True)
+    serve(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Parse, map and validate one message without storing it; print the Bundle, or why not."""
+    from gateway.hl7v2 import Hl7ParseError, parse_message
+    gw = _gateway(args)
+    raw = Path(args.file).read_bytes()
+    try:
+        message = parse_message(raw, fallback_charset=gw.config["FALLBACK_CHARSET"])
+    except Hl7ParseError as exc:
+        for error in exc.errors:
+            print(f"error: {error.text}", file=sys.stderr)
+        return 2
+    spec = gw.mappings.by_name.get(args.mapping) if args.mapping else gw.mappings.for_message(message.message_type)
+    if spec is None:
+        print(f"error: no mapping for {message.message_type}"
+              + (f" named {args.mapping}" if args.mapping else ""), file=sys.stderr)
+        return 2
+    mapped = spec.run(message, gw.terminology, gw.zone)
+    failed = False
+    for error in mapped.errors:
+        print(f"error: {error.text}", file=sys.stderr)
+        failed = True
+    for resource in mapped.resources:
+        for issue in gw.validator.validate(resource.resource):
+            level = "error" if issue.severity in ("fatal", "error") else issue.severity
+            where = resource.source_of(issue.expression or "")
+            print(f"{level}: {issue.expression}: {issue.diagnostics}" + (f" (from {where})" if where else ""),
+                  file=sys.stderr)
+            failed = failed or level == "error"
+    for warning in mapped.warnings + message.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    sys.stdout.write(orjson.dumps(mapped.bundle(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 1 if failed else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from gateway.validation import has_errors, operation_outcome
+    gw = _gateway(args)
+    try:
+        resource = orjson.loads(Path(args.file).read_bytes())
+    except orjson.JSONDecodeError as exc:
+        print(f"error: {args.file} is not JSON: {exc}", file=sys.stderr)
+        return 2
+    issues = gw.validator.validate(resource, [args.profile] if args.profile else None)
+    sys.stdout.write(orjson.dumps(operation_outcome(issues), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 1 if has_errors(issues) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fhir-gateway", description="Lecheng HL7 v2 / FHIR gateway")
+    parser.add_argument("--data-dir", help="data directory (default ./var)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server (FHIR API and HL7 v2 ingest)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--threads", default=8)
+    serve.set_defaults(func=cmd_serve)
+
+    convert = sub.add_parser("convert", help="print the FHIR Bundle a message maps to (nothing is stored)")
+    convert.add_argument("file")
+    convert.add_argument("--mapping", help="mapping name (default: chosen by the message type)")
+    convert.set_defaults(func=cmd_convert)
+
+    validate = sub.add_parser("validate", help="validate a FHIR resource (JSON) against the profiles")
+    validate.add_argument("file")
+    validate.add_argument("--profile", help="profile canonical URL (default: the Lecheng profile of its type)")
+    validate.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

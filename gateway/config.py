@@ -1,0 +1,70 @@
+"""Gateway configuration: defaults, then a TOML file, then ``GATEWAY_*`` environment variables.
+
+Loaded once, in one place, and handed to ``create_app`` and the CLI as a plain dict; nothing else
+reads ``os.environ``. Keys are upper-case like Flask's own (``DATABASE_URL``, ``TIMEZONE``).
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULTS: dict[str, Any] = {
+    # where the embedded SQLite file, exports and logs live
+    "DATA_DIR": "./var",
+    # SQLAlchemy URL; empty means sqlite:///<DATA_DIR>/gateway.db
+    "DATABASE_URL": "",
+    "HOST": "127.0.0.1",
+    "PORT": 8080,
+    # public base URL used in Bundle links and Location headers; empty means derived from the request
+    "BASE_URL": "",
+    # HIS timestamps without an offset mean local time in this zone; empty means "keep the date only"
+    "TIMEZONE": "Asia/Shanghai",
+    # charset tried after UTF-8 when MSH-18 is empty (GBK/GB18030 HIS exports are common in Hainan)
+    "FALLBACK_CHARSET": "gb18030",
+    # patient matching: the assigning authority whose identifier is the patient's key, else type MR
+    "PATIENT_ID_AUTHORITY": "",
+    # production gateways refuse MSH-11 = T (training) / D (debug) messages
+    "ACCEPT_PROCESSING_IDS": "P",
+    # answer for a message type no mapping handles: "AR" (refuse) or "AA" (accept, log, warn)
+    "UNKNOWN_MESSAGE_ACK": "AR",
+    "MAX_MESSAGE_BYTES": 10 * 1024 * 1024,
+    "MAPPINGS_DIR": str(REPO_ROOT / "mappings"),
+    "PROFILES_DIR": str(REPO_ROOT / "profiles"),
+    # per-profile strictness overrides, "canonical=warning,canonical2=error"
+    "PROFILE_STRICTNESS": "",
+    "ROUTES_FILE": str(REPO_ROOT / "routes.yaml"),
+    "REDIS_URL": "",
+    "MLLP_PORT": 0,  # 0 = MLLP listener not started by `serve`
+    "DEFAULT_PAGE_SIZE": 50,
+    "MAX_PAGE_SIZE": 1000,
+    # our own identity in MSH-3/MSH-4 of ACKs
+    "ACK_SENDING_APPLICATION": "LECHENG_GW",
+    "ACK_SENDING_FACILITY": "HAINAN_EPC",
+}
+
+_INT_KEYS = {k for k, v in DEFAULTS.items() if isinstance(v, int)}
+
+
+def load_config(overrides: Mapping[str, Any] | None = None, *, toml_path: str | os.PathLike | None = None,
+                environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Merge defaults < TOML file (``GATEWAY_CONFIG`` or ``toml_path``) < ``GATEWAY_*`` env < ``overrides``."""
+    environ = os.environ if environ is None else environ
+    config = dict(DEFAULTS)
+    path = toml_path or environ.get("GATEWAY_CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            config.update({k.upper(): v for k, v in tomllib.load(fh).items()})
+    for key in DEFAULTS:
+        env_value = environ.get(f"GATEWAY_{key}")
+        if env_value is not None:
+            config[key] = int(env_value) if key in _INT_KEYS else env_value
+    if overrides:
+        config.update({k.upper(): v for k, v in overrides.items()})
+    if not config["DATABASE_URL"]:
+        data_dir = Path(config["DATA_DIR"])
+        config["DATABASE_URL"] = f"sqlite:///{(data_dir / 'gateway.db').as_posix()}"
+    return config

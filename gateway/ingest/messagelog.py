@@ -1,0 +1,98 @@
+"""The message log: every inbound message, stored raw before it is answered, so it can be replayed.
+
+One row per arrival (a resend is a new row pointing at the same content hash), with the ACK that
+was sent and what came of it. Nothing here parses HL7 or knows FHIR.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Engine
+
+from gateway.store import now_instant
+from gateway.store.schema import message_log
+
+FINISHED = ("processed", "error", "rejected", "on-hold")
+
+
+@dataclass
+class LoggedMessage:
+    id: int
+    received_at: str
+    transport: str
+    format: str
+    sender_application: str | None
+    sender_facility: str | None
+    control_id: str | None
+    message_type: str | None
+    content_sha256: str
+    status: str
+    raw: bytes
+    ack: bytes | None
+    detail: dict
+
+
+class MessageLog:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def receive(self, raw: bytes, *, transport: str, format: str = "hl7v2") -> int:
+        """Store the bytes as they came; returns the log id. Called before anything can fail."""
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            return conn.execute(insert(message_log).values(
+                received_at=now_instant(), transport=transport, format=format, raw=raw,
+                content_sha256=hashlib.sha256(raw).hexdigest(), status="received")).inserted_primary_key[0]
+
+    def identify(self, log_id: int, *, sender_application: str, sender_facility: str, control_id: str,
+                 message_type: str) -> None:
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            conn.execute(update(message_log).where(message_log.c.id == log_id).values(
+                sender_application=sender_application, sender_facility=sender_facility,
+                control_id=control_id, message_type=message_type))
+
+    def earlier_answer(self, log_id: int, sender_facility: str, control_id: str) -> LoggedMessage | None:
+        """The finished earlier arrival with the same sender, control id and content, if any."""
+        with self.engine.connect() as conn:
+            sha = conn.execute(select(message_log.c.content_sha256).where(message_log.c.id == log_id)).scalar_one()
+            row = conn.execute(select(message_log).where(
+                message_log.c.sender_facility == sender_facility, message_log.c.control_id == control_id,
+                message_log.c.content_sha256 == sha, message_log.c.id != log_id,
+                message_log.c.status.in_(FINISHED)).order_by(message_log.c.id).limit(1)).first()
+        return _logged(row) if row else None
+
+    def control_id_reused(self, log_id: int, sender_facility: str, control_id: str) -> bool:
+        """True when an earlier message from this sender had this control id but other content."""
+        with self.engine.connect() as conn:
+            sha = conn.execute(select(message_log.c.content_sha256).where(message_log.c.id == log_id)).scalar_one()
+            return conn.execute(select(message_log.c.id).where(
+                message_log.c.sender_facility == sender_facility, message_log.c.control_id == control_id,
+                message_log.c.content_sha256 != sha, message_log.c.id != log_id).limit(1)).first() is not None
+
+    def finish(self, log_id: int, status: str, ack: bytes | None, detail: dict[str, Any]) -> None:
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            conn.execute(update(message_log).where(message_log.c.id == log_id).values(
+                status=status, ack=ack, detail=orjson.dumps(detail).decode()))
+
+    def get(self, log_id: int) -> LoggedMessage | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(message_log).where(message_log.c.id == log_id)).first()
+        return _logged(row) if row else None
+
+    def recent(self, limit: int = 100, status: str | None = None) -> list[LoggedMessage]:
+        query = select(message_log).order_by(message_log.c.id.desc()).limit(limit)
+        if status:
+            query = query.where(message_log.c.status == status)
+        with self.engine.connect() as conn:
+            return [_logged(row) for row in conn.execute(query).all()]
+
+
+def _logged(row) -> LoggedMessage:
+    return LoggedMessage(id=row.id, received_at=row.received_at, transport=row.transport, format=row.format,
+                         sender_application=row.sender_application, sender_facility=row.sender_facility,
+                         control_id=row.control_id, message_type=row.message_type,
+                         content_sha256=row.content_sha256, status=row.status, raw=row.raw, ack=row.ack,
+                         detail=orjson.loads(row.detail) if row.detail else {})

@@ -1,0 +1,228 @@
+"""The HL7 v2 ingest pipeline: bytes in, ACK out; never raises.
+
+    log raw -> parse -> (duplicate? same ACK) -> map -> validate -> store (+ Provenance) -> ACK
+
+Whatever happens, the raw message is in the message log before the ACK leaves, so a rejected or
+failed message can be fixed and replayed. Where the ACK codes are decided:
+
+* **AR**: not HL7, no message type, a test/debug message (MSH-11) in production, an unknown
+  message type (unless configured to accept), or the gateway failed inside (kept for replay);
+* **AE**: the message was read, but a value is wrong (bad date, unknown table code), a resource
+  breaks its profile, or an order number clashes; ERR names segment, field and why;
+* **AA**: stored (and queued for routing); warnings go back as ERR segments with severity W.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from gateway.hl7v2 import AckCode, Hl7Error, Hl7Message, Hl7ParseError, build_ack, parse_message
+from gateway.ingest.messagelog import MessageLog
+from gateway.mapping.engine import MappedMessage, MappedResource, MappingSet
+from gateway.mapping.terminology import Terminology
+from gateway.store import ResourceStore, now_instant
+from gateway.store.upsert import UpsertRejected, apply_mapped
+from gateway.validation import Issue, Validator, has_errors
+
+log = logging.getLogger(__name__)
+
+MAX_WARNINGS_IN_ACK = 20
+Z_SEGMENTS_EXTENSION = "{base}/StructureDefinition/hl7v2-unmapped-segments"
+
+
+@dataclass
+class IngestResult:
+    """What one message came to: the ACK bytes and, for callers and tests, why."""
+    ack: bytes
+    code: str
+    log_id: int
+    status: str
+    message: Hl7Message | None = None
+    resources: list[str] = field(default_factory=list)     # Type/id/_history/v written
+    errors: list[Hl7Error] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    duplicate: bool = False
+
+
+class Hl7Pipeline:
+    def __init__(self, config: dict, store: ResourceStore, message_log: MessageLog, mappings: MappingSet,
+                 terminology: Terminology, validator: Validator, zone,
+                 on_stored: Callable[[Any, list[tuple[Any, dict, str]], Hl7Message], None] | None = None):
+        self.config = config
+        self.store = store
+        self.log = message_log
+        self.mappings = mappings
+        self.terminology = terminology
+        self.validator = validator
+        self.zone = zone
+        self.on_stored = on_stored      # routing hook, called inside the write transaction
+        self.accepted_processing_ids = {p.strip() for p in str(config["ACCEPT_PROCESSING_IDS"]).split(",") if p}
+
+    def ingest(self, raw: bytes, transport: str = "http") -> IngestResult:
+        """Never raises: every failure becomes an ACK, and the raw bytes are already logged."""
+        log_id = self.log.receive(raw, transport=transport)
+        try:
+            return self._ingest(raw, log_id)
+        except Exception:  # the last line of defence: answer AR, keep the message for replay
+            log.exception("message %s failed inside the gateway", log_id)
+            error = Hl7Error(text="The gateway could not process this message now; it is kept (log id "
+                             f"{log_id}) and can be replayed", code="207")
+            ack = self._ack({}, AckCode.AR, [error])
+            self.log.finish(log_id, "error", ack, {"errors": [error.text]})
+            return IngestResult(ack, "AR", log_id, "error", errors=[error])
+
+    # ------------------------------------------------------------------ steps
+
+    def _ingest(self, raw: bytes, log_id: int) -> IngestResult:
+        try:
+            message = parse_message(raw, fallback_charset=self.config["FALLBACK_CHARSET"])
+        except Hl7ParseError as exc:
+            return self._finish(log_id, exc.partial_msh, AckCode.AR, exc.errors, [], "rejected")
+        self.log.identify(log_id, sender_application=message.sending_application,
+                          sender_facility=message.sending_facility, control_id=message.control_id,
+                          message_type=message.message_type)
+        warnings = list(message.warnings)
+
+        earlier = self.log.earlier_answer(log_id, message.sending_facility, message.control_id)
+        if earlier is not None and earlier.ack is not None:
+            detail = {"duplicate_of": earlier.id}
+            self.log.finish(log_id, earlier.status, earlier.ack, detail)
+            return IngestResult(earlier.ack, _ack_code(earlier.ack), log_id, earlier.status, message,
+                                duplicate=True)
+        if self.log.control_id_reused(log_id, message.sending_facility, message.control_id):
+            warnings.append(f"control id {message.control_id} was used before by {message.sending_facility} "
+                            "for a different message; processed as a new message")
+
+        if message.processing_id not in self.accepted_processing_ids:
+            error = Hl7Error(text=f"processing id '{message.processing_id}' (MSH-11) is not accepted here; this "
+                             f"gateway takes {', '.join(sorted(self.accepted_processing_ids))} messages only",
+                             segment="MSH", sequence=1, field=11, code="202")
+            return self._finish(log_id, message, AckCode.AR, [error], warnings, "rejected")
+
+        spec = self.mappings.for_message(message.message_type)
+        if spec is None:
+            text = f"message type {message.message_type} is not handled by any mapping in mappings/"
+            if self.config["UNKNOWN_MESSAGE_ACK"] == "AA":
+                warnings.append(text + "; kept in the message log only")
+                return self._finish(log_id, message, AckCode.AA, [], warnings, "processed")
+            error = Hl7Error(text=text, segment="MSH", sequence=1, field=9, code="200")
+            return self._finish(log_id, message, AckCode.AR, [error], warnings, "rejected")
+
+        mapped = spec.run(message, self.terminology, self.zone)
+        warnings += mapped.warnings
+        if mapped.errors:
+            return self._finish(log_id, message, AckCode.AE, mapped.errors, warnings, "error")
+        if not mapped.resources:
+            error = Hl7Error(text=f"{message.message_type} carried nothing mapping '{spec.name}' could turn into "
+                             "a resource", code="101")
+            return self._finish(log_id, message, AckCode.AE, [error], warnings, "error")
+
+        errors = self._validate(mapped, warnings)
+        if errors:
+            return self._finish(log_id, message, AckCode.AE, errors, warnings, "error")
+
+        source = f"urn:hl7v2:{message.sending_facility}:{message.control_id}"
+        try:
+            with self.store.write() as tx:
+                outcome = apply_mapped(tx, mapped.resources, source)
+                written = [(m, r, action) for m, r, action in outcome.written]
+                changed = [r for _m, r, action in written if action in ("create", "update")]
+                if changed:
+                    tx.create(self._provenance(message, changed, source))
+                if self.on_stored is not None:
+                    self.on_stored(tx, written, message)
+        except UpsertRejected as exc:
+            errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in exc.result.problems]
+            return self._finish(log_id, message, AckCode.AE, errors, warnings + exc.result.warnings, "error")
+        warnings += outcome.warnings
+        refs = [f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}" for _m, r, _a in written]
+        return self._finish(log_id, message, AckCode.AA, [], warnings, "processed", refs)
+
+    def _validate(self, mapped: MappedMessage, warnings: list[str]) -> list[Hl7Error]:
+        errors: list[Hl7Error] = []
+        for resource in mapped.resources:
+            issues: list[Issue] = self.validator.validate(resource.resource)
+            for issue in issues:
+                if issue.severity in ("fatal", "error"):
+                    errors.append(self._issue_error(resource, issue))
+                elif issue.severity == "warning":
+                    warnings.append(f"{issue.expression or resource.type}: {issue.diagnostics}")
+            if not has_errors(issues):
+                profiles = self.validator.registry.profiles_for(resource.type) if hasattr(self.validator, "registry") else []
+                if profiles:
+                    resource.resource.setdefault("meta", {})["profile"] = list(profiles)
+        return errors
+
+    def _issue_error(self, mapped: MappedResource, issue: Issue) -> Hl7Error:
+        where = mapped.source_of(issue.expression or "")
+        return Hl7Error(text=f"{issue.expression or mapped.type}: {issue.diagnostics}",
+                        segment=where.segment if where else None, sequence=where.sequence if where else None,
+                        field=where.field if where else None, component=where.component if where else None,
+                        code="101" if issue.code == "required" else "207")
+
+    def _problem_error(self, mapped: MappedResource, text: str, code: str, element: str | None) -> Hl7Error:
+        where = mapped.source_of(f"{mapped.type}.{element}") if element else None
+        return Hl7Error(text=text, segment=where.segment if where else None,
+                        sequence=where.sequence if where else None, field=where.field if where else None,
+                        code=code)
+
+    def _provenance(self, message: Hl7Message, changed: list[dict], source: str) -> dict:
+        """One Provenance per message: which versions it wrote, who sent it, and what it carried that
+        no mapping reads (Z-segments and others), so nothing of the message is lost."""
+        mapped_names = set()
+        for spec in [self.mappings.for_message(message.message_type)]:
+            if spec:
+                mapped_names = spec.segments_read()
+        unmapped = [str(seg) for seg in message.segments if seg.name not in mapped_names and seg.name != "MSH"]
+        provenance: dict[str, Any] = {
+            "resourceType": "Provenance",
+            "id": str(uuid.uuid4()),
+            "meta": {"source": source},
+            "target": [{"reference": f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}"}
+                       for r in changed],
+            "recorded": now_instant(),
+            "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                                     "code": "UPDATE"}]},
+            "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                            "code": "author"}]},
+                       "who": {"identifier": {"system": f"{self.terminology.canonical_base}/sid/facility",
+                                              "value": message.sending_facility or "unknown"},
+                               "display": f"{message.sending_application} at {message.sending_facility}"}}],
+            "entity": [{"role": "source", "what": {
+                "identifier": {"system": f"{self.terminology.canonical_base}/sid/hl7v2-message/"
+                                         f"{message.sending_facility or 'unknown'}",
+                               "value": message.control_id},
+                "display": f"{message.message_type} {message.control_id} (HL7 v{message.version})"}}],
+        }
+        if unmapped:
+            provenance["extension"] = [{
+                "url": Z_SEGMENTS_EXTENSION.format(base=self.terminology.canonical_base),
+                "valueString": "\r".join(unmapped)}]
+        return provenance
+
+    def _ack(self, msg_or_partial, code: AckCode, errors: list[Hl7Error], charset: str = "utf-8") -> bytes:
+        text = build_ack(msg_or_partial, code, errors, sending_application=self.config["ACK_SENDING_APPLICATION"],
+                         sending_facility=self.config["ACK_SENDING_FACILITY"])
+        try:
+            return text.encode(charset or "utf-8")
+        except (LookupError, UnicodeEncodeError):
+            return text.encode("utf-8")
+
+    def _finish(self, log_id: int, msg_or_partial, code: AckCode, errors: list[Hl7Error], warnings: list[str],
+                status: str, resources: list[str] | None = None) -> IngestResult:
+        warning_errors = [Hl7Error(text=w, code="0", severity="W") for w in warnings[:MAX_WARNINGS_IN_ACK]]
+        charset = msg_or_partial.charset if isinstance(msg_or_partial, Hl7Message) else "utf-8"
+        ack = self._ack(msg_or_partial, code, [*errors, *warning_errors], charset)
+        self.log.finish(log_id, status, ack, {"errors": [e.text for e in errors], "warnings": warnings,
+                                              "resources": resources or []})
+        message = msg_or_partial if isinstance(msg_or_partial, Hl7Message) else None
+        return IngestResult(ack, code.value, log_id, status, message, resources or [], errors, warnings)
+
+
+def _ack_code(ack: bytes) -> str:
+    for line in ack.split(b"\r"):
+        if line.startswith(b"MSA"):
+            return line[4:6].decode("ascii", "replace")
+    return ""

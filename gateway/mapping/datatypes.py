@@ -1,0 +1,591 @@
+"""Converters from HL7 v2 datatypes to FHIR R4 datatypes, shared by every mapping file.
+
+A mapping row names a converter (``as: codeable_concept``); the engine calls it with the field it
+read and the mapping's ``args``. A field arrives as the parser gives it: a list of repetitions, each
+a list of components, each a list of sub-components, already unescaped. Converters return plain
+dicts/lists/strings, or None when there is nothing to say: the engine never emits empty elements.
+"""
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+
+from gateway.mapping.timestamps import TimestampError, to_date, to_datetime, to_instant
+
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+UCUM = "http://unitsofmeasure.org"
+EXPLICIT_NULL = '""'
+
+Field = list  # list[list[list[str]]]: repetitions -> components -> sub-components
+CONVERTERS: dict[str, Callable[..., Any]] = {}
+
+
+def converter(name: str) -> Callable:
+    def register(func: Callable) -> Callable:
+        CONVERTERS[name] = func
+        return func
+    return register
+
+
+def comp(rep: list, index: int, sub: int = 1) -> str:
+    """Component ``index`` (1-based), sub-component ``sub`` of one repetition; '' when absent."""
+    try:
+        value = rep[index - 1][sub - 1]
+    except IndexError:
+        return ""
+    return "" if value == EXPLICIT_NULL else value.strip()
+
+
+def reps(field: Field | None) -> list:
+    """Repetitions that carry at least one value."""
+    return [rep for rep in field or () if any(s.strip() and s != EXPLICIT_NULL for c in rep for s in c)]
+
+
+def first_rep(field: Field | None) -> list | None:
+    found = reps(field)
+    return found[0] if found else None
+
+
+def _compact(data: dict) -> dict:
+    return {k: v for k, v in data.items() if v not in (None, "", [], {})}
+
+
+# ---------------------------------------------------------------- plain values
+
+@converter("string")
+def string(ctx, field: Field, component: int = 1) -> str | None:
+    rep = first_rep(field)
+    return (comp(rep, component) or None) if rep else None
+
+
+@converter("strings")
+def strings(ctx, field: Field, component: int = 1) -> list[str] | None:
+    values = [comp(rep, component) for rep in reps(field)]
+    return [v for v in values if v] or None
+
+
+@converter("text")
+def text(ctx, field: Field) -> str | None:
+    """Free text (FT/TX/ST): every repetition, joined by newlines."""
+    values = [comp(rep, 1) for rep in reps(field)]
+    return "\n".join(v for v in values if v) or None
+
+
+@converter("decimal")
+def decimal(ctx, field: Field, component: int = 1) -> float | int | None:
+    raw = string(ctx, field, component)
+    if raw is None:
+        return None
+    try:
+        number = Decimal(raw)
+    except InvalidOperation:
+        ctx.error(f"'{raw}' is not a number", code="102")
+        return None
+    return int(number) if number == number.to_integral_value() and "." not in raw else float(number)
+
+
+@converter("integer")
+def integer(ctx, field: Field, component: int = 1) -> int | None:
+    value = decimal(ctx, field, component)
+    if value is None:
+        return None
+    if value != int(value):
+        ctx.error(f"'{value}' is not a whole number", code="102")
+        return None
+    return int(value)
+
+
+@converter("yes_no")
+def yes_no(ctx, field: Field) -> bool | None:
+    """HL7 table 0136 (Y/N) -> boolean."""
+    raw = string(ctx, field)
+    if raw is None:
+        return None
+    if raw.upper() in ("Y", "N"):
+        return raw.upper() == "Y"
+    ctx.error(f"'{raw}' is not Y or N (HL7 table 0136)", code="103")
+    return None
+
+
+@converter("table")
+def table(ctx, field: Field, table: str, component: int = 1, default: Any = None) -> Any:
+    """A code translated through ``mappings/tables.yaml``; unknown codes are an error (AE, code 103)."""
+    raw = string(ctx, field, component)
+    if raw is None:
+        return default
+    value = ctx.terminology.translate(table, raw)
+    if value is None:
+        ctx.error(f"'{raw}' is not a known value of HL7 table {table}", code="103")
+    return value
+
+
+# ---------------------------------------------------------------- dates
+
+@converter("date")
+def date(ctx, field: Field, component: int = 1) -> str | None:
+    raw = string(ctx, field, component)
+    if raw is None:
+        return None
+    try:
+        return to_date(raw)
+    except (TimestampError, ValueError) as exc:
+        ctx.error(str(exc), code="102")
+        return None
+
+
+@converter("datetime")
+def date_time(ctx, field: Field, component: int = 1) -> str | None:
+    raw = string(ctx, field, component)
+    if raw is None:
+        return None
+    try:
+        return to_datetime(raw, ctx.zone, ctx.warnings, ctx.location)
+    except (TimestampError, ValueError) as exc:
+        ctx.error(str(exc), code="102")
+        return None
+
+
+@converter("instant")
+def instant(ctx, field: Field, component: int = 1) -> str | None:
+    raw = string(ctx, field, component)
+    if raw is None:
+        return None
+    try:
+        return to_instant(raw, ctx.zone, ctx.warnings, ctx.location)
+    except (TimestampError, ValueError) as exc:
+        ctx.error(str(exc), code="102")
+        return None
+
+
+# ---------------------------------------------------------------- codes
+
+def _coding(ctx, code: str, display: str, system_name: str, default_system: str | None) -> dict | None:
+    if not code and not display:
+        return None
+    system = None
+    if system_name:
+        system, known = ctx.terminology.coding_system(system_name)
+        if not known:
+            ctx.warn(f"coding system '{system_name}' is not in mappings/code_systems.yaml; using {system}")
+    elif default_system:
+        system = ctx.terminology.coding_system(default_system)[0]
+    if not code:
+        return None
+    return _compact({"system": system, "code": code, "display": display or None})
+
+
+def cwe_concept(ctx, rep: list, default_system: str | None = None) -> dict | None:
+    """One CWE/CE repetition -> CodeableConcept: .1-.3 and .4-.6 as codings, .9 (original text) as text."""
+    codings = [c for c in (
+        _coding(ctx, comp(rep, 1), comp(rep, 2), comp(rep, 3), default_system),
+        _coding(ctx, comp(rep, 4), comp(rep, 5), comp(rep, 6), None),
+    ) if c]
+    text_value = comp(rep, 9)
+    if not codings and not text_value:
+        # a text-only CE (display without a code) keeps its words
+        text_value = comp(rep, 2) or comp(rep, 5)
+    return _compact({"coding": codings, "text": text_value or None}) or None
+
+
+@converter("codeable_concept")
+def codeable_concept(ctx, field: Field, default_system: str | None = None) -> dict | None:
+    rep = first_rep(field)
+    return cwe_concept(ctx, rep, default_system) if rep else None
+
+
+@converter("codeable_concepts")
+def codeable_concepts(ctx, field: Field, default_system: str | None = None) -> list | None:
+    concepts = [cwe_concept(ctx, rep, default_system) for rep in reps(field)]
+    return [c for c in concepts if c] or None
+
+
+@converter("coding")
+def coding(ctx, field: Field, default_system: str | None = None) -> dict | None:
+    concept = codeable_concept(ctx, field, default_system)
+    return concept["coding"][0] if concept and concept.get("coding") else None
+
+
+@converter("code")
+def code(ctx, field: Field, component: int = 1) -> str | None:
+    return string(ctx, field, component)
+
+
+# ---------------------------------------------------------------- identifiers
+
+def _hd(rep: list, index: int) -> tuple[str, str, str]:
+    """An HD held in component ``index`` as sub-components (namespace&universal id&type)."""
+    return comp(rep, index, 1), comp(rep, index, 2), comp(rep, index, 3)
+
+
+def _identifier_type(code_value: str) -> dict | None:
+    return {"coding": [{"system": V2_0203, "code": code_value}]} if code_value else None
+
+
+@converter("identifiers")
+def identifiers(ctx, field: Field, default_type: str = "") -> list | None:
+    """CX repetitions -> Identifiers. An identifier without an assigning authority is dropped with a
+    warning: a system-less identifier would match anyone's in a search."""
+    result = []
+    for rep in reps(field):
+        value = comp(rep, 1)
+        if not value:
+            continue
+        type_code = comp(rep, 5) or default_type
+        namespace, universal, universal_type = _hd(rep, 4)
+        system = ctx.terminology.identifier_system(namespace, universal, universal_type, type_code)
+        if system is None:
+            ctx.warn(f"identifier '{value}' has no assigning authority (CX-4); not kept as an identifier")
+            continue
+        ident = _compact({"type": _identifier_type(type_code), "system": system, "value": value})
+        period = _compact({"start": _safe_date(ctx, comp(rep, 7)), "end": _safe_date(ctx, comp(rep, 8))})
+        if period:
+            ident["period"] = period
+        result.append(ident)
+    return result or None
+
+
+def _safe_date(ctx, raw: str) -> str | None:
+    if not raw:
+        return None
+    try:
+        return to_date(raw)
+    except (TimestampError, ValueError):
+        ctx.warn(f"'{raw}' is not a date; left out")
+        return None
+
+
+@converter("entity_identifier")
+def entity_identifier(ctx, field: Field, type: str = "", kind: str = "", quiet: bool = False) -> dict | None:
+    """EI (order numbers, report ids) -> Identifier. The namespace (EI-2, or EI-3/EI-4 as an OID)
+    is the issuer; an EI without one is issued by the sending application (MSH-3), which is what
+    HL7 says a placer/filler number's namespace defaults to."""
+    rep = first_rep(field)
+    if not rep or not comp(rep, 1):
+        return None
+    namespace, universal, universal_type = comp(rep, 2), comp(rep, 3), comp(rep, 4)
+    if not (namespace or universal):
+        namespace = ctx.message.sending_application
+        if not quiet:
+            ctx.warn(f"'{comp(rep, 1)}' has no namespace; issued by the sending application {namespace}")
+    system = ctx.terminology.identifier_system(namespace, universal, universal_type, kind or type)
+    if system is None:
+        return None
+    return _compact({"type": _identifier_type(type), "system": system, "value": comp(rep, 1)})
+
+
+# ---------------------------------------------------------------- people and places
+
+def _name(rep: list, family_i: int, given_i: int, middle_i: int, suffix_i: int, prefix_i: int,
+          use: str | None) -> dict | None:
+    family = comp(rep, family_i)
+    given = [g for g in (comp(rep, given_i), comp(rep, middle_i)) if g]
+    name = _compact({
+        "use": use,
+        "family": family or None,
+        "given": given or None,
+        "suffix": [comp(rep, suffix_i)] if comp(rep, suffix_i) else None,
+        "prefix": [comp(rep, prefix_i)] if comp(rep, prefix_i) else None,
+    })
+    if family or given:
+        # a Chinese name is written family-then-given with no space (王小明); Western names with one
+        joined = family + "".join(given) if _is_cjk(family + "".join(given)) else " ".join([*given, family]).strip()
+        name["text"] = joined
+    return name if (family or given) else None
+
+
+def _is_cjk(value: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for ch in value)
+
+
+@converter("human_names")
+def human_names(ctx, field: Field) -> list | None:
+    """XPN repetitions -> HumanName (.1 family, .2 given, .3 further given, .4 suffix, .5 prefix, .7 use)."""
+    result = []
+    for rep in reps(field):
+        use = ctx.terminology.translate("0200", comp(rep, 7)) if comp(rep, 7) else None
+        name = _name(rep, 1, 2, 3, 4, 5, use)
+        if name:
+            result.append(name)
+    return result or None
+
+
+@converter("xcn_identifier")
+def xcn_identifier(ctx, field: Field, default_type: str = "PRN") -> list | None:
+    """XCN -> the person's identifier (.1 id, .9 assigning authority, .13 type)."""
+    rep = first_rep(field)
+    if not rep or not comp(rep, 1):
+        return None
+    type_code = comp(rep, 13) or default_type
+    namespace, universal, universal_type = _hd(rep, 9)
+    system = ctx.terminology.identifier_system(namespace, universal, universal_type, type_code)
+    if system is None:
+        ctx.warn(f"staff id '{comp(rep, 1)}' has no assigning authority (XCN-9); not kept as an identifier")
+        return None
+    return [_compact({"type": _identifier_type(type_code), "system": system, "value": comp(rep, 1)})]
+
+
+@converter("xcn_name")
+def xcn_name(ctx, field: Field) -> list | None:
+    """XCN -> HumanName (.2 family, .3 given, .4 further given, .5 suffix, .6 prefix)."""
+    rep = first_rep(field)
+    if not rep:
+        return None
+    name = _name(rep, 2, 3, 4, 5, 6, None)
+    return [name] if name else None
+
+
+@converter("addresses")
+def addresses(ctx, field: Field) -> list | None:
+    """XAD -> Address (.1 street, .2 other designation, .3 city, .4 state, .5 postal code, .6 country,
+    .7 type (0190), .9 county/district)."""
+    result = []
+    for rep in reps(field):
+        lines = [line for line in (comp(rep, 1), comp(rep, 2)) if line]
+        use = ctx.terminology.translate("0190", comp(rep, 7)) if comp(rep, 7) else None
+        address = _compact({
+            "use": use, "line": lines or None, "city": comp(rep, 3) or None, "district": comp(rep, 9) or None,
+            "state": comp(rep, 4) or None, "postalCode": comp(rep, 5) or None, "country": comp(rep, 6) or None,
+        })
+        if address.keys() - {"use"}:
+            result.append(address)
+    return result or None
+
+
+@converter("telecoms")
+def telecoms(ctx, field: Field) -> list | None:
+    """XTN -> ContactPoint. Value from .1 (old style) or built from .5 country, .6 area, .7 number, .8 ext;
+    .4 is an email address."""
+    result = []
+    for rep in reps(field):
+        equipment = comp(rep, 3)
+        system = ctx.terminology.translate("0202", equipment) if equipment else None
+        if comp(rep, 4):
+            value, system = comp(rep, 4), "email"
+        elif comp(rep, 7):
+            value = "".join(
+                part for part in (f"+{comp(rep, 5)} " if comp(rep, 5) else "",
+                                  f"{comp(rep, 6)} " if comp(rep, 6) else "", comp(rep, 7),
+                                  f" ext. {comp(rep, 8)}" if comp(rep, 8) else ""))
+        else:
+            value = comp(rep, 1)
+        if not value:
+            continue
+        use = ctx.terminology.translate("0201", comp(rep, 2)) if comp(rep, 2) else None
+        result.append(_compact({"system": system or "phone", "value": value.strip(), "use": use}))
+    return result or None
+
+
+# ---------------------------------------------------------------- quantities
+
+def _quantity(ctx, value: Any, unit_rep: list | None) -> dict | None:
+    if value is None:
+        return None
+    quantity: dict[str, Any] = {"value": value}
+    if unit_rep:
+        unit_code, unit_text, unit_system = comp(unit_rep, 1), comp(unit_rep, 2), comp(unit_rep, 3)
+        quantity["unit"] = unit_text or unit_code
+        if unit_code:
+            system = ctx.terminology.coding_system(unit_system)[0] if unit_system else None
+            if system:
+                quantity["system"] = system
+                quantity["code"] = unit_code
+    return quantity
+
+
+@converter("quantity")
+def quantity(ctx, value: Field, unit: Field | None = None) -> dict | None:
+    """A number field and a CWE unit field -> Quantity (UCUM when the unit says so)."""
+    return _quantity(ctx, decimal(ctx, value), first_rep(unit))
+
+
+@converter("cq_quantity")
+def cq_quantity(ctx, field: Field) -> dict | None:
+    """CQ (quantity^units, units as sub-components) -> Quantity."""
+    rep = first_rep(field)
+    if not rep or not comp(rep, 1):
+        return None
+    number = decimal(ctx, [[[comp(rep, 1)]]])
+    unit = [[s] for s in rep[1]] if len(rep) > 1 else None
+    return _quantity(ctx, number, unit)
+
+
+@converter("dose_and_rate")
+def dose_and_rate(ctx, minimum: Field, maximum: Field | None = None, unit: Field | None = None) -> list | None:
+    """Give amount minimum/maximum + units -> doseQuantity, or doseRange when both are given."""
+    unit_rep = first_rep(unit)
+    low = _quantity(ctx, decimal(ctx, minimum), unit_rep)
+    high = _quantity(ctx, decimal(ctx, maximum), unit_rep) if maximum else None
+    ordered = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/dose-rate-type", "code": "ordered",
+                           "display": "Ordered"}]}
+    if low and high and high["value"] != low["value"]:
+        return [{"type": ordered, "doseRange": {"low": low, "high": high}}]
+    if low or high:
+        return [{"type": ordered, "doseQuantity": low or high}]
+    return None
+
+
+# ---------------------------------------------------------------- timing
+
+def _repeat_pattern(ctx, code_value: str) -> dict:
+    pattern = ctx.terminology.translate("0335", code_value)
+    if pattern is None:
+        ctx.warn(f"frequency '{code_value}' is not in HL7 table 0335 (mappings/tables.yaml); kept as a code only")
+        return {}
+    return dict(pattern)
+
+
+def _timing(ctx, code_rep: list | None, start: str, end: str, count: int | None) -> dict | None:
+    repeat: dict[str, Any] = {}
+    timing: dict[str, Any] = {}
+    if code_rep:
+        code_value = comp(code_rep, 1)
+        repeat.update(_repeat_pattern(ctx, code_value))
+        concept = cwe_concept(ctx, code_rep, default_system="HL70335")
+        if concept:
+            timing["code"] = concept
+    bounds = _compact({"start": _dt(ctx, start), "end": _dt(ctx, end)})
+    if bounds:
+        repeat["boundsPeriod"] = bounds
+    if count:
+        repeat["count"] = count
+    if repeat:
+        timing["repeat"] = repeat
+    return timing or None
+
+
+def _dt(ctx, raw: str) -> str | None:
+    return date_time(ctx, [[[raw]]]) if raw else None
+
+
+@converter("tq1_timing")
+def tq1_timing(ctx, segment) -> dict | None:
+    """TQ1 (v2.5+): TQ1-3 repeat pattern, TQ1-7 start, TQ1-8 end, TQ1-14 total occurrences."""
+    if segment is None:
+        return None
+    code_rep = first_rep(segment.field(3))
+    count = integer(ctx, segment.field(14))
+    return _timing(ctx, code_rep, comp(first_rep(segment.field(7)) or [], 1),
+                   comp(first_rep(segment.field(8)) or [], 1), count)
+
+
+@converter("tq_timing")
+def tq_timing(ctx, field: Field) -> dict | None:
+    """Old-style TQ (RXE-1, ORC-7 before v2.5): quantity^interval^duration^start^end^priority."""
+    rep = first_rep(field)
+    if not rep:
+        return None
+    interval = comp(rep, 2)
+    code_rep = [[interval]] if interval else None
+    return _timing(ctx, code_rep, comp(rep, 4), comp(rep, 5), None)
+
+
+@converter("priority")
+def priority(ctx, segment_or_field) -> str | None:
+    """TQ1-9 / TQ-6 priority -> request priority (HL7 table 0027)."""
+    return table(ctx, segment_or_field, "0027") if segment_or_field else None
+
+
+@converter("cwe_text")
+def cwe_text(ctx, field: Field) -> str | None:
+    """The words of a CWE used for instructions: original text (.9), else display (.2), else code (.1)."""
+    rep = first_rep(field)
+    if not rep:
+        return None
+    return comp(rep, 9) or comp(rep, 2) or comp(rep, 1) or None
+
+
+@converter("annotations")
+def annotations(ctx, field: Field) -> list | None:
+    """Free-text or CWE instructions -> Annotation notes, one per repetition."""
+    notes = [comp(rep, 9) or comp(rep, 2) or comp(rep, 1) for rep in reps(field)]
+    return [{"text": n} for n in notes if n] or None
+
+
+@converter("order_status")
+def order_status(ctx, order_status: Field | None = None, control: Field | None = None) -> str | None:
+    """ORC-5 order status (table 0038) when given, else ORC-1 order control (table 0119)."""
+    if order_status and first_rep(order_status):
+        return table(ctx, order_status, "0038")
+    if control and first_rep(control):
+        return table(ctx, control, "0119")
+    return None
+
+
+# ---------------------------------------------------------------- organizations
+
+def _hd_identifier(ctx, namespace: str, universal: str, universal_type: str) -> dict | None:
+    if universal and universal_type.upper() in ("ISO", "OID"):
+        return {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{universal}"}
+    if namespace:
+        return {"system": f"{ctx.terminology.canonical_base}/sid/facility", "value": namespace}
+    return None
+
+
+@converter("facility_identifier")
+def facility_identifier(ctx, field: Field) -> list | None:
+    """An HD naming a facility (MSH-4, PES-1's id) -> Organization.identifier."""
+    rep = first_rep(field)
+    if not rep:
+        return None
+    ident = _hd_identifier(ctx, comp(rep, 1), comp(rep, 2), comp(rep, 3))
+    return [ident] if ident else None
+
+
+@converter("xon_identifier")
+def xon_identifier(ctx, field: Field) -> list | None:
+    """XON -> Organization.identifier from XON-10 (organization identifier), else XON-3 (id number)."""
+    rep = first_rep(field)
+    if not rep:
+        return None
+    ident = _hd_identifier(ctx, comp(rep, 10) or comp(rep, 3), "", "")
+    return [ident] if ident else None
+
+
+@converter("xon_name")
+def xon_name(ctx, field: Field) -> str | None:
+    rep = first_rep(field)
+    return (comp(rep, 1) or None) if rep else None
+
+
+# ---------------------------------------------------------------- local segments and logical references
+
+PILOT_ZONE_APPROVAL = "{base}/StructureDefinition/pilot-zone-approval"
+
+
+@converter("pilot_zone_approval")
+def pilot_zone_approval(ctx, segment) -> dict | None:
+    """Local ZLC segment (ZLC-2 approval number, ZLC-3 kind, ZLC-4 date, ZLC-5 authority) -> the
+    pilot-zone approval extension. Lecheng's imported drugs and devices are used under this approval."""
+    if segment is None or not segment.value(2):
+        return None
+    base = ctx.terminology.canonical_base
+    parts: list[dict] = [{"url": "number", "valueIdentifier": {
+        "system": f"{base}/sid/pilot-zone-approval", "value": segment.value(2)}}]
+    if segment.value(3):
+        parts.append({"url": "kind", "valueCoding": {"system": f"{base}/CodeSystem/approval-kind",
+                                                      "code": segment.value(3)}})
+    approved = date(ctx, segment.field(4))
+    if approved:
+        parts.append({"url": "date", "valueDate": approved})
+    authority = cwe_concept(ctx, first_rep(segment.field(5)), default_system="HNMPA") \
+        if first_rep(segment.field(5)) else None
+    if authority:
+        parts.append({"url": "authority", "valueCodeableConcept": authority})
+    return {"url": PILOT_ZONE_APPROVAL.format(base=base), "extension": parts}
+
+
+@converter("identifier_reference")
+def identifier_reference(ctx, field: Field, type: str = "PLAC", kind: str = "") -> dict | None:
+    """An EI pointing at another resource -> a logical Reference (``{"identifier": ...}``); the store
+    turns it into a literal reference when it knows the target."""
+    ident = entity_identifier(ctx, field, type=type, kind=kind)
+    return {"identifier": ident} if ident else None
+
+
+@converter("encounter_class")
+def encounter_class(ctx, field: Field) -> dict | None:
+    """PV1-2 patient class (table 0004) -> Encounter.class, a v3 ActCode Coding."""
+    code_value = table(ctx, field, "0004")
+    if not code_value:
+        return None
+    return {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code_value}

@@ -1,0 +1,72 @@
+"""Code-system names, identifier systems and HL7 table translations, read from ``mappings/*.yaml``.
+
+Every place where a v2 code becomes a FHIR code goes through :class:`Terminology`, so there is one
+answer to "where did M become male" (``mappings/tables.yaml``, table 0001).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_HL7_TABLE = re.compile(r"^HL7(\d{4})$")
+V2_TABLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-{}"
+
+
+@dataclass
+class Terminology:
+    canonical_base: str
+    local_base: str
+    coding_systems: dict[str, str]
+    identifier_authorities: dict[str, str]
+    identifier_kinds: dict[str, str]
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, mappings_dir: str | Path) -> "Terminology":
+        mappings_dir = Path(mappings_dir)
+        systems = yaml.safe_load((mappings_dir / "code_systems.yaml").read_text(encoding="utf-8"))
+        tables = yaml.safe_load((mappings_dir / "tables.yaml").read_text(encoding="utf-8"))
+        return cls(
+            canonical_base=systems["canonical_base"].rstrip("/"),
+            local_base=systems["local_base"].rstrip("/"),
+            coding_systems=systems.get("coding_systems") or {},
+            identifier_authorities=systems.get("identifier_authorities") or {},
+            identifier_kinds=systems.get("identifier_kinds") or {},
+            tables={str(k): v for k, v in (tables or {}).items()},
+        )
+
+    def coding_system(self, name: str) -> tuple[str, bool]:
+        """FHIR system URI for a v2 coding-system name; the flag is False when the name is unknown."""
+        uri = self.coding_systems.get(name)
+        if uri:
+            return uri, True
+        match = _HL7_TABLE.match(name)
+        if match:
+            return V2_TABLE_SYSTEM.format(match.group(1)), True
+        if name.startswith(("http://", "https://", "urn:")):
+            return name, True
+        return f"{self.local_base}/{name}", False
+
+    def identifier_system(self, namespace: str, universal_id: str = "", universal_id_type: str = "",
+                          kind: str = "") -> str | None:
+        """System for an identifier issued by an assigning authority (an HD): an OID wins, then a
+        fixed authority, then ``{base}/sid/<AUTHORITY>/<kind>``. None when there is no authority."""
+        if universal_id and universal_id_type.upper() in ("ISO", "OID"):
+            return f"urn:oid:{universal_id}"
+        if universal_id and universal_id_type.upper() in ("URI", "URL"):
+            return universal_id
+        if not namespace:
+            return None
+        fixed = self.identifier_authorities.get(namespace)
+        if fixed:
+            return fixed
+        kind_path = self.identifier_kinds.get(kind) or self.identifier_kinds.get("DEFAULT", "id")
+        return f"{self.canonical_base}/sid/{namespace}/{kind_path}"
+
+    def translate(self, table: str, code: str) -> Any:
+        """The FHIR value for ``code`` in HL7 table ``table``; None when the table has no row for it."""
+        return self.tables.get(table, {}).get(code)

@@ -1,0 +1,46 @@
+"""The gateway's parts wired together once from configuration; shared by the web app, MLLP and CLI."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from gateway.ingest.messagelog import MessageLog
+from gateway.ingest.pipeline import Hl7Pipeline
+from gateway.mapping.engine import MappingSet
+from gateway.mapping.terminology import Terminology
+from gateway.store import ResourceStore, SearchParameterRegistry, make_engine
+from gateway.validation import ProfileRegistry, Validator
+
+
+def parse_strictness(text: str) -> dict[str, str]:
+    """``"url=warning,url2=error"`` -> {url: level}."""
+    pairs = (item.split("=", 1) for item in str(text or "").split(",") if "=" in item)
+    return {url.strip(): level.strip() for url, level in pairs}
+
+
+@dataclass
+class Gateway:
+    config: dict
+    zone: ZoneInfo | None
+    store: ResourceStore
+    message_log: MessageLog
+    mappings: MappingSet
+    terminology: Terminology
+    validator: Validator
+    pipeline: Hl7Pipeline
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Gateway":
+        if config["DATABASE_URL"].startswith("sqlite:///"):
+            Path(config["DATABASE_URL"][len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(config["DATABASE_URL"])
+        zone = ZoneInfo(config["TIMEZONE"]) if config["TIMEZONE"] else None
+        store = ResourceStore(engine, SearchParameterRegistry.load(), zone)
+        message_log = MessageLog(engine)
+        mappings = MappingSet.load(config["MAPPINGS_DIR"])
+        terminology = Terminology.load(config["MAPPINGS_DIR"])
+        validator = Validator(ProfileRegistry.load(config["PROFILES_DIR"]),
+                              strictness=parse_strictness(config["PROFILE_STRICTNESS"]))
+        pipeline = Hl7Pipeline(config, store, message_log, mappings, terminology, validator, zone)
+        return cls(config, zone, store, message_log, mappings, terminology, validator, pipeline)

@@ -1,0 +1,258 @@
+"""Versioned resource store with declared-parameter search indexes.
+
+Every write makes a new version (kept in ``resource_versions``) and re-indexes the resource from
+``search_parameters.yaml``. Writes happen inside :meth:`ResourceStore.write`, one database
+transaction, so the ingest pipeline (and routing's outbox) commit all of a message or none of it.
+"""
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+from zoneinfo import ZoneInfo
+
+import orjson
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from gateway.store import schema
+from gateway.store.search_parameters import (SearchParameterRegistry, date_values, normalize_string,
+                                             reference_values, string_values, token_values, walk)
+
+
+class StoreError(Exception):
+    """A request the store cannot satisfy; ``status`` is the HTTP status a FHIR API should answer."""
+    status = 400
+    issue_code = "processing"
+
+
+class ResourceNotFound(StoreError):
+    status = 404
+    issue_code = "not-found"
+
+
+class ResourceGone(StoreError):
+    status = 410
+    issue_code = "deleted"
+
+
+class VersionConflict(StoreError):
+    status = 412
+    issue_code = "conflict"
+
+
+def now_instant() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _dump(resource: dict) -> bytes:
+    return orjson.dumps(resource)
+
+
+def _load(content: bytes) -> dict:
+    return orjson.loads(content)
+
+
+@dataclass
+class SearchCriterion:
+    """One search parameter occurrence: values are ORed, criteria are ANDed."""
+    param: str
+    values: list[str]
+    modifier: str | None = None
+
+
+@dataclass
+class SearchPage:
+    resources: list[dict]
+    total: int
+    next_cursor: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+class StoreTransaction:
+    """Reads and writes inside one database transaction."""
+
+    def __init__(self, store: "ResourceStore", conn: Connection):
+        self.store = store
+        self.conn = conn
+
+    def read(self, resource_type: str, resource_id: str) -> dict | None:
+        row = self.conn.execute(select(schema.resources.c.content, schema.resources.c.deleted).where(
+            schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id)).first()
+        if row is None or row.deleted:
+            return None
+        return _load(row.content)
+
+    def find_by_identifier(self, resource_type: str, tokens: list[tuple[str, str]],
+                           param: str = "identifier") -> list[dict]:
+        """Current resources carrying any of the (system, value) identifiers."""
+        if not tokens:
+            return []
+        t = schema.idx_token
+        matches = or_(*[and_(t.c.system == system, t.c.code == value) for system, value in tokens])
+        ids = select(t.c.res_id).where(t.c.res_type == resource_type, t.c.param == param, matches).distinct()
+        rows = self.conn.execute(select(schema.resources.c.content).where(
+            schema.resources.c.res_type == resource_type, schema.resources.c.res_id.in_(ids),
+            schema.resources.c.deleted.is_(False))).all()
+        return [_load(r.content) for r in rows]
+
+    def create(self, resource: dict) -> dict:
+        resource = dict(resource)
+        resource["id"] = resource.get("id") or str(uuid.uuid4())
+        return self._write(resource, 1, "POST", insert_current=True)
+
+    def update(self, resource: dict, expected_version: str | None = None) -> dict:
+        """A new version; creates the resource (version 1) when the id is new (FHIR update-as-create)."""
+        row = self.conn.execute(select(schema.resources.c.version_id).where(
+            schema.resources.c.res_type == resource["resourceType"],
+            schema.resources.c.res_id == resource["id"])).first()
+        if expected_version is not None and (row is None or str(row.version_id) != str(expected_version)):
+            raise VersionConflict(f"{resource['resourceType']}/{resource['id']} is not at version {expected_version}")
+        if row is None:
+            return self._write(dict(resource), 1, "PUT", insert_current=True)
+        return self._write(dict(resource), row.version_id + 1, "PUT", insert_current=False)
+
+    def delete(self, resource_type: str, resource_id: str) -> int | None:
+        """Soft delete: a history entry marked deleted; the indexes go. Returns the new version or None."""
+        row = self.conn.execute(select(schema.resources.c.version_id, schema.resources.c.content,
+                                       schema.resources.c.deleted).where(
+            schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id)).first()
+        if row is None or row.deleted:
+            return None
+        version = row.version_id + 1
+        stamp = now_instant()
+        self.conn.execute(update(schema.resources).where(
+            schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id).values(
+            version_id=version, last_updated=stamp, deleted=True))
+        self.conn.execute(insert(schema.resource_versions).values(
+            res_type=resource_type, res_id=resource_id, version_id=version, last_updated=stamp, deleted=True,
+            method="DELETE", content=row.content))
+        self._unindex(resource_type, resource_id)
+        return version
+
+    def _write(self, resource: dict, version: int, method: str, insert_current: bool) -> dict:
+        stamp = now_instant()
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = stamp
+        resource["meta"] = meta
+        content = _dump(resource)
+        values = dict(version_id=version, last_updated=stamp, deleted=False, content=content)
+        key = dict(res_type=resource["resourceType"], res_id=resource["id"])
+        if insert_current:
+            self.conn.execute(insert(schema.resources).values(**key, **values))
+        else:
+            self.conn.execute(update(schema.resources).where(
+                schema.resources.c.res_type == key["res_type"], schema.resources.c.res_id == key["res_id"]
+            ).values(**values))
+        self.conn.execute(insert(schema.resource_versions).values(**key, **values, method=method))
+        self._unindex(key["res_type"], key["res_id"])
+        self._index(resource)
+        return resource
+
+    def _unindex(self, resource_type: str, resource_id: str) -> None:
+        for table in schema.INDEX_TABLES.values():
+            self.conn.execute(delete(table).where(table.c.res_type == resource_type, table.c.res_id == resource_id))
+
+    def _index(self, resource: dict) -> None:
+        rows: dict[str, list[dict]] = {"token": [], "string": [], "date": [], "reference": []}
+        key = {"res_type": resource["resourceType"], "res_id": resource["id"]}
+        for param in self.store.params.for_type(resource["resourceType"]).values():
+            for path in param.paths:
+                for value in walk(resource, path):
+                    rows[param.type].extend(self.store.index_rows(param.type, param.name, value, key))
+        for search_type, table_rows in rows.items():
+            if table_rows:
+                self.conn.execute(insert(schema.INDEX_TABLES[search_type]), table_rows)
+
+
+class ResourceStore:
+    def __init__(self, engine: Engine, params: SearchParameterRegistry, zone: ZoneInfo | None = None):
+        self.engine = engine
+        self.params = params
+        self.zone = zone or ZoneInfo("UTC")
+
+    @contextmanager
+    def write(self) -> Iterator[StoreTransaction]:
+        with self.engine.connect().execution_options(write=True) as conn:
+            with conn.begin():
+                yield StoreTransaction(self, conn)
+
+    @contextmanager
+    def read_transaction(self) -> Iterator[StoreTransaction]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield StoreTransaction(self, conn)
+
+    def index_rows(self, search_type: str, name: str, value: Any, key: dict) -> list[dict]:
+        if search_type == "token":
+            return [{**key, "param": name, "system": system, "code": code} for system, code in token_values(value)]
+        if search_type == "string":
+            return [{**key, "param": name, "value": normalize_string(v)[:512]} for v in string_values(value) if v]
+        if search_type == "date":
+            return [{**key, "param": name, "low": low, "high": high} for low, high in date_values(value, self.zone)]
+        if search_type == "reference":
+            return [{**key, "param": name, "target": target} for target in reference_values(value)]
+        raise ValueError(f"unknown search type {search_type}")
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, resource_type: str, resource_id: str) -> dict:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(schema.resources.c.content, schema.resources.c.deleted).where(
+                schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id)).first()
+        if row is None:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+        if row.deleted:
+            raise ResourceGone(f"{resource_type}/{resource_id} has been deleted")
+        return _load(row.content)
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict:
+        if not str(version_id).isdigit():
+            raise ResourceNotFound(f"version '{version_id}' of {resource_type}/{resource_id} is not known")
+        v = schema.resource_versions
+        with self.engine.connect() as conn:
+            row = conn.execute(select(v.c.content, v.c.deleted).where(
+                v.c.res_type == resource_type, v.c.res_id == resource_id, v.c.version_id == int(version_id))).first()
+        if row is None:
+            raise ResourceNotFound(f"version {version_id} of {resource_type}/{resource_id} is not known")
+        if row.deleted:
+            raise ResourceGone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
+        return _load(row.content)
+
+    def history(self, resource_type: str, resource_id: str) -> list[tuple[dict, str, bool]]:
+        """(resource, method, deleted) for every version, newest first."""
+        v = schema.resource_versions
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(v.c.content, v.c.method, v.c.deleted, v.c.version_id, v.c.last_updated).where(
+                v.c.res_type == resource_type, v.c.res_id == resource_id).order_by(v.c.version_id.desc())).all()
+        if not rows:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+        result = []
+        for row in rows:
+            resource = _load(row.content)
+            if row.deleted:
+                resource = {"resourceType": resource_type, "id": resource_id,
+                            "meta": {"versionId": str(row.version_id), "lastUpdated": row.last_updated}}
+            result.append((resource, row.method, row.deleted))
+        return result
+
+    def search(self, resource_type: str, criteria: list[SearchCriterion], count: int,
+               cursor: str | None = None) -> SearchPage:
+        from gateway.store.search import build_conditions  # search SQL lives beside, kept out of the write path
+        r = schema.resources
+        conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False)]
+        conditions += build_conditions(self, resource_type, criteria)
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(r).where(*conditions)).scalar_one()
+            page_conditions = list(conditions)
+            if cursor:
+                page_conditions.append(r.c.res_id > cursor)
+            rows = conn.execute(select(r.c.res_id, r.c.content).where(*page_conditions)
+                                .order_by(r.c.res_id).limit(count + 1)).all()
+        has_more = len(rows) > count
+        rows = rows[:count]
+        return SearchPage([_load(row.content) for row in rows], total,
+                          rows[-1].res_id if has_more and rows else None)

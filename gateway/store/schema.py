@@ -1,0 +1,101 @@
+"""Tables: current resources, every version, the search indexes and the inbound message log.
+
+SQLAlchemy Core so the same code runs on the embedded SQLite file and on PostgreSQL in production.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (Boolean, Column, Index, Integer, LargeBinary, MetaData, String, Table, Text,
+                        create_engine, event)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+resources = Table(
+    "resources", metadata,
+    Column("res_type", String(64), primary_key=True),
+    Column("res_id", String(64), primary_key=True),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", String(40), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content", LargeBinary, nullable=False),
+    Index("ix_resources_updated", "res_type", "last_updated"),
+)
+
+resource_versions = Table(
+    "resource_versions", metadata,
+    Column("res_type", String(64), primary_key=True),
+    Column("res_id", String(64), primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("last_updated", String(40), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("method", String(10), nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Index("ix_versions_updated", "last_updated"),
+)
+
+
+def _index_table(name: str, *value_columns: Column) -> Table:
+    return Table(
+        name, metadata,
+        Column("res_type", String(64), nullable=False),
+        Column("res_id", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *value_columns,
+        Index(f"ix_{name}_resource", "res_type", "res_id"),
+    )
+
+
+idx_token = _index_table("idx_token", Column("system", String(255)), Column("code", String(255), nullable=False))
+Index("ix_idx_token_lookup", idx_token.c.res_type, idx_token.c.param, idx_token.c.code)
+idx_string = _index_table("idx_string", Column("value", String(512), nullable=False))
+Index("ix_idx_string_lookup", idx_string.c.res_type, idx_string.c.param, idx_string.c.value)
+idx_date = _index_table("idx_date", Column("low", String(32), nullable=False), Column("high", String(32), nullable=False))
+Index("ix_idx_date_lookup", idx_date.c.res_type, idx_date.c.param, idx_date.c.low)
+idx_reference = _index_table("idx_reference", Column("target", String(255), nullable=False))
+Index("ix_idx_reference_lookup", idx_reference.c.res_type, idx_reference.c.param, idx_reference.c.target)
+
+INDEX_TABLES = {"token": idx_token, "string": idx_string, "date": idx_date, "reference": idx_reference}
+
+message_log = Table(
+    "message_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", String(40), nullable=False),
+    Column("transport", String(16), nullable=False),
+    Column("format", String(32), nullable=False),          # hl7v2, or a mapping name for XML/CSV/JSON
+    Column("sender_application", String(255)),
+    Column("sender_facility", String(255)),
+    Column("control_id", String(255)),
+    Column("message_type", String(32)),
+    Column("content_sha256", String(64), nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),          # received | processed | error | rejected | on-hold
+    Column("ack", LargeBinary),
+    Column("detail", Text),                                 # JSON: warnings, errors, resources written
+    Index("ix_message_log_control", "sender_facility", "control_id"),
+    Index("ix_message_log_status", "status"),
+)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with SQLite tuned for a multi-threaded server (WAL, a busy timeout)."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
+            dbapi_connection.isolation_level = None   # we issue BEGIN ourselves (below)
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # noqa: ANN001
+            # writers take the write lock at BEGIN, so two writers never deadlock upgrading a read lock
+            immediate = conn.get_execution_options().get("write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    metadata.create_all(engine)
+    return engine

@@ -1,0 +1,176 @@
+"""Apply resources made from one inbound message to the store, by business identifier.
+
+An HL7 feed never knows our resource ids: it knows order numbers, MRNs and UDIs. Each resource the
+mapping produced is matched to a stored one by those identifiers and then created, updated (merged)
+or refused, following the rules its mapping file declares (``lifecycle``):
+
+* ``terminal``: statuses a message may not move a resource out of (a late NW after a cancel);
+* ``status_only_without``: when none of these segments came, only the status changes;
+* ``same_reference``: an element that must not change (an order number reused for another patient);
+* ``create_only_when``: the resource must be new (a renewal carries a new order number).
+
+Anything shaped like the mapping engine's ``MappedResource`` can be applied; the store does not
+import the mapping package.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.store import schema
+from gateway.store.resources import StoreTransaction
+
+from sqlalchemy import and_, select
+
+
+class MappedLike(Protocol):
+    key: str
+    type: str
+    resource: dict
+    temp_id: str
+    identity: list[tuple[str, str]]
+    lifecycle: dict
+    status_only: bool
+    create_only: bool
+    deletions: list[str]
+
+
+@dataclass
+class UpsertProblem:
+    """Why one resource of the message could not be applied (becomes an AE ERR)."""
+    mapped: Any
+    text: str
+    code: str                     # HL7 table 0357: 204 unknown key identifier, 205 duplicate key identifier
+    element: str | None = None    # FHIR element the problem is about, for the ERR location
+
+
+@dataclass
+class UpsertResult:
+    written: list[tuple[Any, dict, str]] = field(default_factory=list)   # (mapped, stored resource, action)
+    problems: list[UpsertProblem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class UpsertRejected(Exception):
+    """Raised inside the write transaction so nothing of the message is stored."""
+
+    def __init__(self, result: UpsertResult):
+        super().__init__("; ".join(p.text for p in result.problems))
+        self.result = result
+
+
+def apply_mapped(tx: StoreTransaction, mapped_resources: list[MappedLike], source: str) -> UpsertResult:
+    """Create or update every mapped resource; raises UpsertRejected (rolling back) on any problem."""
+    result = UpsertResult()
+    real_refs: dict[str, str] = {}
+    for mapped in mapped_resources:
+        resource = copy.deepcopy(mapped.resource)
+        _replace_references(resource, real_refs, tx)
+        resource.setdefault("meta", {})["source"] = source
+        stored, action = _apply_one(tx, mapped, resource, result)
+        if stored is not None:
+            real_refs[mapped.temp_id] = f"{stored['resourceType']}/{stored['id']}"
+            result.written.append((mapped, stored, action))
+    if result.problems:
+        raise UpsertRejected(result)
+    return result
+
+
+def _apply_one(tx: StoreTransaction, mapped: MappedLike, resource: dict,
+               result: UpsertResult) -> tuple[dict | None, str]:
+    matches = tx.find_by_identifier(mapped.type, mapped.identity) if mapped.identity else []
+    lifecycle = mapped.lifecycle or {}
+    label = f"{mapped.type} {', '.join(v for _s, v in mapped.identity) or mapped.key}"
+    if len({m["id"] for m in matches}) > 1:
+        ids = ", ".join(sorted(f"{mapped.type}/{m['id']}" for m in matches))
+        result.problems.append(UpsertProblem(mapped, f"{label}: the identifiers in this message match "
+                                             f"{len(matches)} different stored resources ({ids}); refusing to guess",
+                                             "205", "identifier"))
+        return None, ""
+    if mapped.create_only and matches:
+        result.problems.append(UpsertProblem(mapped, f"{label}: already exists; a renewal (ORC-1 RF) must carry a "
+                                             "new order number and name the prior order in ORC-8", "205", "identifier"))
+        return None, ""
+    if not matches:
+        if mapped.status_only:
+            result.problems.append(UpsertProblem(mapped, f"{label}: no stored order has this number, so its status "
+                                                 "cannot change; send the full order (with RXE/RXO)", "204", "identifier"))
+            return None, ""
+        resource.pop("id", None)
+        return tx.create(resource), "create"
+
+    existing = matches[0]
+    guarded = lifecycle.get("same_reference")
+    if guarded and existing.get(guarded) and resource.get(guarded) and \
+            existing[guarded].get("reference") != resource[guarded].get("reference"):
+        result.problems.append(UpsertProblem(mapped, f"{label}: this number already belongs to "
+                                             f"{existing[guarded].get('reference')}, not to the {guarded} of this message",
+                                             "205", guarded))
+        return None, ""
+    terminal = set(lifecycle.get("terminal") or ())
+    if existing.get("status") in terminal and resource.get("status") != existing.get("status"):
+        result.warnings.append(f"{label} is already {existing['status']}; this message (status "
+                               f"{resource.get('status')}) cannot re-open it and was not applied to it")
+        return existing, "unchanged"
+    merged = _merge(existing, resource, mapped.status_only, mapped.deletions)
+    if _content(merged) == _content(existing):
+        return existing, "unchanged"
+    return tx.update(merged), "update"
+
+
+def _merge(existing: dict, incoming: dict, status_only: bool, deletions: list[str]) -> dict:
+    """Elements the message gave replace the stored ones; elements it left empty stay; HL7's explicit
+    null ("") deletes; identifiers are merged, never erased."""
+    merged = copy.deepcopy(existing)
+    if status_only:
+        if "status" in incoming:
+            merged["status"] = incoming["status"]
+    else:
+        for key, value in incoming.items():
+            if key in ("id", "meta", "identifier"):
+                continue
+            merged[key] = value
+        for path in deletions:
+            merged.pop(path.split(".", 1)[0].split("[", 1)[0], None)
+    known = {(i.get("system"), i.get("value")) for i in merged.get("identifier", [])}
+    for ident in incoming.get("identifier", []):
+        if (ident.get("system"), ident.get("value")) not in known:
+            merged.setdefault("identifier", []).append(ident)
+    merged.setdefault("meta", {})["source"] = incoming.get("meta", {}).get("source")
+    return merged
+
+
+def _content(resource: dict) -> dict:
+    return {k: v for k, v in resource.items() if k != "meta"}
+
+
+def _replace_references(node: Any, real_refs: dict[str, str], tx: StoreTransaction) -> None:
+    """urn:uuid references -> the stored ids; logical references (by identifier) -> literal when known."""
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref.startswith("urn:uuid:"):
+            if ref in real_refs:
+                node["reference"] = real_refs[ref]
+            else:
+                node.pop("reference")
+        elif ref is None and isinstance(node.get("identifier"), dict) and set(node) <= {"identifier", "type", "display"}:
+            target = _resolve_identifier(tx, node["identifier"])
+            if target:
+                node["reference"] = target
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                _replace_references(value, real_refs, tx)
+    elif isinstance(node, list):
+        for item in node:
+            _replace_references(item, real_refs, tx)
+
+
+def _resolve_identifier(tx: StoreTransaction, identifier: dict) -> str | None:
+    t = schema.idx_token
+    if not identifier.get("system") or not identifier.get("value"):
+        return None
+    rows = tx.conn.execute(select(t.c.res_type, t.c.res_id).where(
+        t.c.param == "identifier", and_(t.c.system == identifier["system"], t.c.code == identifier["value"]))
+        .distinct()).all()
+    return f"{rows[0].res_type}/{rows[0].res_id}" if len(rows) == 1 else None

@@ -1,0 +1,43 @@
+"""Shared fixtures: a gateway app on a temporary SQLite file, sample messages, and an HTTP client."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import create_app
+
+DATA = Path(__file__).resolve().parent / "data"
+SAMPLES = DATA / "samples"
+EXTERNAL = DATA / "external"
+
+
+def sample(name: str) -> bytes:
+    """A message from tests/data/samples (copied from ../shared/samples, unedited)."""
+    return (SAMPLES / name).read_bytes()
+
+
+@pytest.fixture
+def app(tmp_path):
+    return create_app({"DATA_DIR": str(tmp_path), "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def gateway(app):
+    return app.extensions["gateway"]
+
+
+def post_hl7(client, raw: bytes):
+    """POST one message to /hl7v2; returns (response, ACK segments as lists of fields)."""
+    response = client.post("/hl7v2", data=raw, content_type="x-application/hl7-v2+er7")
+    segments = [line.split("|") for line in response.data.decode("utf-8", "replace").split("\r") if line]
+    return response, segments
+
+
+def ack_segment(segments, name: str) -> list[str]:
+    return next(s for s in segments if s[0] == name)
