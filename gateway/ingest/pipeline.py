@@ -143,6 +143,9 @@ class Hl7Pipeline:
     def _validate(self, mapped: MappedMessage, warnings: list[str]) -> list[Hl7Error]:
         errors: list[Hl7Error] = []
         for resource in mapped.resources:
+            if resource.status_only:
+                # only a status, translated through HL7 table 0038/0119, lands on an already valid resource
+                continue
             issues: list[Issue] = self.validator.validate(resource.resource)
             for issue in issues:
                 if issue.severity in ("fatal", "error"):

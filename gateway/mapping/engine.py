@@ -320,7 +320,8 @@ class MappingSpec:
         if mapped.identity_match == "first":
             mapped.identity = _preferred_identity(identifiers, spec.identity)
         lifecycle = spec.lifecycle
-        if lifecycle.get("status_only_without") and lookup(lifecycle["status_only_without"]) is None:
+        without = lifecycle.get("status_only_without")
+        if without and all(lookup(name) is None for name in ([without] if isinstance(without, str) else without)):
             mapped.status_only = True
         if lifecycle.get("create_only_when") and _condition(lifecycle["create_only_when"], lookup):
             mapped.create_only = True
