@@ -32,6 +32,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mllp(args: argparse.Namespace) -> int:
+    """Run the MLLP listener alone (HIS interface engines speak MLLP over TCP)."""
+    from gateway.ingest.mllp_handler import mllp_server
+    gw = _gateway(args)
+    server = mllp_server(gw.pipeline, args.host or gw.config["HOST"], int(args.port or gw.config["MLLP_PORT"] or 2575))
+    server.start()
+    host, port = server.address
+    print(f"Lecheng FHIR gateway MLLP listener on {host}:{port}", flush=True)
+    server.serve_forever()
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     """Parse, map and validate one message without storing it; print the Bundle, or why not."""
     from gateway.hl7v2 import Hl7ParseError, parse_message
@@ -89,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--threads", default=8)
     serve.set_defaults(func=cmd_serve)
+
+    mllp = sub.add_parser("mllp", help="run the MLLP listener (HL7 v2 over TCP)")
+    mllp.add_argument("--host")
+    mllp.add_argument("--port", type=int)
+    mllp.set_defaults(func=cmd_mllp)
 
     convert = sub.add_parser("convert", help="print the FHIR Bundle a message maps to (nothing is stored)")
     convert.add_argument("file")
