@@ -26,7 +26,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -43,8 +43,7 @@ class MappingError(ValueError):
     """A mapping file that cannot be used; raised when loading, never while converting."""
 
 
-@dataclass(frozen=True)
-class SourceLocation:
+class SourceLocation(NamedTuple):
     """Where in the v2 message a FHIR element came from (for ERR-2 and diagnostics)."""
     segment: str
     sequence: int
