@@ -191,3 +191,20 @@ def test_http_body_in_any_declared_charset_is_taken_as_bytes(client):
     response = client.post("/hl7v2", data=sample("rde_o11_two_orders_gb18030.hl7"), content_type="text/plain")
     assert response.headers["X-Ack-Code"] == "AA"
     assert "charset=gb18030" in response.headers["Content-Type"]
+
+
+def test_explicit_null_in_a_change_deletes_the_stored_element(client):
+    post_hl7(client, sample("rde_o11_new_imported.hl7"))
+    original = sample("rde_o11_new_imported.hl7")
+    start = original.index(b"\rRXE|") + 1
+    end = original.index(b"\r", start)
+    fields = original[start:end].split(b"|")
+    fields[21] = b'""'                                  # RXE-21 special dispensing instructions -> note
+    change = (original[:start] + b"|".join(fields) + original[end:]).replace(
+        b"ORC|NW|", b"ORC|XO|").replace(b"BSH20260315000001", b"BSH20260315000002")
+    _response, ack = post_hl7(client, change)
+    assert ack_segment(ack, "MSA")[1] == "AA"
+    order = _search(client, "MedicationRequest?identifier=BSH-RX-0001")["entry"][0]["resource"]
+    assert order["meta"]["versionId"] == "2" and "note" not in order
+    first = client.get(f"/fhir/MedicationRequest/{order['id']}/_history/1").get_json()
+    assert first["note"] == [{"text": "冷链 2-8℃"}]
