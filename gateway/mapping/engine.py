@@ -261,7 +261,8 @@ class MappingSpec:
 
     def run(self, message: Hl7Message, terminology: Terminology, zone: ZoneInfo | None) -> MappedMessage:
         ctx = MapContext(terminology, zone, message)
-        message_level = [s for s in message.segments]
+        message_level = message.segments
+        message_wide = first_by_name(message_level)
         produced: list[MappedResource] = []
         scope_keys: dict[tuple[int, str], str] = {}       # (group index, key) -> temp id
         group_cache = {name: message.groups(g["start"], g["members"]) for name, g in self.groups.items()}
@@ -269,20 +270,19 @@ class MappingSpec:
             scopes = [(i, grp) for i, grp in enumerate(group_cache[spec.for_each])] if spec.for_each \
                 else [(-1, message_level)]
             for index, segments in scopes:
-                mapped = self._make(spec, ctx, segments, message, index, scope_keys)
+                mapped = self._make(spec, ctx, segments, message_wide, index, scope_keys)
                 if mapped is not None:
                     scope_keys[(index, spec.key)] = mapped.temp_id
                     produced.append(mapped)
         produced = _merge_same_identity(produced)
         return MappedMessage(self.name, produced, ctx.warnings, ctx.errors)
 
-    def _make(self, spec: ResourceSpec, ctx: MapContext, segments: list[Segment], message: Hl7Message,
+    def _make(self, spec: ResourceSpec, ctx: MapContext, segments: list[Segment], message_wide: dict[str, Segment],
               group_index: int, scope_keys: dict) -> MappedResource | None:
+        local = first_by_name(segments) if group_index >= 0 else message_wide
+
         def lookup(name: str) -> Segment | None:
-            for seg in segments:
-                if seg.name == name:
-                    return seg
-            return message.segment(name)
+            return local.get(name) or message_wide.get(name)
 
         if any(lookup(name) is None for name in spec.present):
             return None
@@ -369,6 +369,14 @@ class MappingSpec:
             ctx.source = None
             return value, first_location, False
         return rule.value, None, False
+
+
+def first_by_name(segments: list[Segment]) -> dict[str, Segment]:
+    """The first segment of each name, for lookups in a group or message."""
+    found: dict[str, Segment] = {}
+    for seg in segments:
+        found.setdefault(seg.name, seg)
+    return found
 
 
 def _is_explicit_null(raw: list) -> bool:
