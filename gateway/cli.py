@@ -19,6 +19,18 @@ def _gateway(args: argparse.Namespace):
     return Gateway.from_config(load_config(overrides))
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _refuse_public_bind(host: str) -> bool:
+    """No authentication exists yet, so the gateway must not listen beyond this machine."""
+    if host in LOOPBACK:
+        return False
+    print(f"error: refusing to listen on {host}: the gateway has no authentication yet and binds to "
+          "127.0.0.1 only (put a reverse proxy with access control in front if you must)", file=sys.stderr)
+    return True
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from waitress import serve
 
@@ -26,6 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port), ("DATA_DIR", args.data_dir)) if v}
     app = create_app(overrides)
     host, port = app.config["HOST"], int(app.config["PORT"])
+    if _refuse_public_bind(host):
+        return 2
     print(f"Lecheng FHIR gateway on http://{host}:{port}  (FHIR base /fhir, HL7 v2 POST /hl7v2, "
           f"database {app.config['DATABASE_URL']})", flush=True)
     serve(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway")
@@ -36,7 +50,10 @@ def cmd_mllp(args: argparse.Namespace) -> int:
     """Run the MLLP listener alone (HIS interface engines speak MLLP over TCP)."""
     from gateway.ingest.mllp_handler import mllp_server
     gw = _gateway(args)
-    server = mllp_server(gw.pipeline, args.host or gw.config["HOST"], int(args.port or gw.config["MLLP_PORT"] or 2575))
+    host = args.host or gw.config["HOST"]
+    if _refuse_public_bind(host):
+        return 2
+    server = mllp_server(gw.pipeline, host, int(args.port or gw.config["MLLP_PORT"] or 2575))
     server.start()
     host, port = server.address
     print(f"Lecheng FHIR gateway MLLP listener on {host}:{port}", flush=True)
