@@ -1,0 +1,118 @@
+"""Reports of a kit run: an HTML page a person reads (pass/fail per case, the spec reference, and
+for failures the requests and answers), and JUnit XML for CI systems."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from lxml import etree
+
+from conformance.runner import CaseResult, Exchange, KitReport
+
+STATUS_LABEL = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIPPED"}
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#222;max-width:75rem}
+h1{font-size:1.5rem} table.summary{border-collapse:collapse;margin:1rem 0}
+table.summary td,table.summary th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}
+.pass{color:#11692b;font-weight:bold}.fail,.error{color:#b00020;font-weight:bold}.skip{color:#8a6d00;font-weight:bold}
+section.case{border:1px solid #ddd;border-radius:6px;padding:.5rem 1rem;margin:1rem 0}
+section.case.fail,section.case.error{border-color:#b00020;font-weight:normal;color:#222}
+section.case.pass,section.case.skip{font-weight:normal;color:#222}
+pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;white-space:pre-wrap;word-break:break-all;max-height:30rem}
+.why{color:#444}.message{font-weight:bold}
+"""
+
+
+def _spec_link(spec: str) -> str:
+    """The spec reference as a link; text after the URL (a section name) is kept beside it."""
+    url, _, rest = spec.partition(" ")
+    if url.startswith(("http://", "https://")):
+        return f'<a href="{html.escape(url)}">{html.escape(url)}</a>' + (f" {html.escape(rest)}" if rest else "")
+    return html.escape(spec)
+
+
+def _exchange_html(number: int, exchange: Exchange) -> str:
+    request_head = "\n".join(f"{k}: {v}" for k, v in exchange.request_headers.items())
+    response_head = "\n".join(f"{k}: {v}" for k, v in exchange.response_headers.items())
+    status = exchange.status if exchange.status is not None else "(MLLP)"
+    return (f"<details open><summary>Exchange {number}: {html.escape(exchange.method)} "
+            f"{html.escape(exchange.url)} &rarr; {html.escape(str(status))}</summary>"
+            f"<h4>Request</h4><pre>{html.escape(exchange.method)} {html.escape(exchange.url)}\n"
+            f"{html.escape(request_head)}\n\n{html.escape(exchange.request_body)}</pre>"
+            f"<h4>Response</h4><pre>{html.escape(str(status))}\n{html.escape(response_head)}\n\n"
+            f"{html.escape(exchange.response_body)}</pre></details>")
+
+
+def _case_html(result: CaseResult) -> str:
+    parts = [f'<section class="case {result.status}" id="case-{html.escape(result.id)}" '
+             f'data-case-id="{html.escape(result.id)}" data-status="{result.status}">',
+             f'<h3><span class="{result.status} status">{STATUS_LABEL[result.status]}</span> '
+             f'<code class="case-id">{html.escape(result.id)}</code> &mdash; {html.escape(result.title)}</h3>',
+             f"<p>Spec: {_spec_link(result.spec)}</p>"]
+    if result.why:
+        parts.append(f'<p class="why">Why: {html.escape(result.why)}</p>')
+    if result.message:
+        parts.append(f'<p class="message">{html.escape(result.message)}</p>')
+    if result.notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in result.notes) + "</ul>")
+    parts.append(f"<p><small>case file conformance/cases/{html.escape(result.source)}, "
+                 f"{result.duration:.2f} s</small></p>")
+    if result.status in ("fail", "error"):
+        parts.extend(_exchange_html(i, e) for i, e in enumerate(result.exchanges, 1))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_html(report: KitReport) -> str:
+    """The whole report as one self-contained HTML page (no scripts, no external assets)."""
+    rows = "".join(
+        f'<tr data-case-id="{html.escape(r.id)}"><td><a href="#case-{html.escape(r.id)}">{html.escape(r.id)}</a></td>'
+        f'<td class="{r.status}">{STATUS_LABEL[r.status]}</td><td>{html.escape(r.title)}</td>'
+        f"<td>{html.escape(r.message)}</td></tr>" for r in report.results)
+    verdict = "PASSED" if report.ok else "FAILED"
+    return (
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>FHIR conformance kit: {verdict}</title><style>{STYLE}</style></head><body>"
+        f"<h1>FHIR R4 conformance kit: <span class=\"{'pass' if report.ok else 'fail'}\">{verdict}</span></h1>"
+        f"<p>FHIR base <code>{html.escape(report.fhir_base)}</code>; HL7 v2 endpoint "
+        f"<code>{html.escape(report.hl7 or 'none given (HL7 cases skipped)')}</code>; run at "
+        f"{html.escape(report.started)} in {report.duration:.1f} s.</p>"
+        f"<p>{len(report.passed)} passed, {len(report.failed)} failed, {len(report.skipped)} skipped "
+        f"of {len(report.results)} cases.</p>"
+        "<table class=\"summary\"><thead><tr><th>Case</th><th>Result</th><th>What</th><th>Detail</th></tr>"
+        f"</thead><tbody>{rows}</tbody></table>"
+        + "".join(_case_html(r) for r in report.results) + "</body></html>")
+
+
+def junit_xml(report: KitReport) -> bytes:
+    """JUnit XML: one testcase per case; failures carry the message and the exchanges."""
+    suite = etree.Element("testsuite", name="fhir-conformance-kit", tests=str(len(report.results)),
+                          failures=str(sum(r.status == "fail" for r in report.results)),
+                          errors=str(sum(r.status == "error" for r in report.results)),
+                          skipped=str(len(report.skipped)), time=f"{report.duration:.3f}",
+                          timestamp=report.started)
+    properties = etree.SubElement(suite, "properties")
+    etree.SubElement(properties, "property", name="fhir_base", value=report.fhir_base)
+    etree.SubElement(properties, "property", name="hl7", value=report.hl7 or "")
+    for result in report.results:
+        case = etree.SubElement(suite, "testcase", classname="conformance", name=result.id,
+                                time=f"{result.duration:.3f}")
+        detail = f"{result.title}\nspec: {result.spec}\n" + "\n".join(
+            f"{e.method} {e.url} -> {e.status}\n{e.response_body[:2000]}" for e in result.exchanges)
+        if result.status == "fail":
+            etree.SubElement(case, "failure", message=result.message).text = detail
+        elif result.status == "error":
+            etree.SubElement(case, "error", message=result.message).text = detail
+        elif result.status == "skip":
+            etree.SubElement(case, "skipped", message=result.message)
+    return etree.tostring(suite, xml_declaration=True, encoding="utf-8", pretty_print=True)
+
+
+def write_html(report: KitReport, path: str | Path) -> None:
+    """Write the HTML report to ``path``."""
+    Path(path).write_text(render_html(report), encoding="utf-8")
+
+
+def write_junit(report: KitReport, path: str | Path) -> None:
+    """Write the JUnit XML to ``path``."""
+    Path(path).write_bytes(junit_xml(report))

@@ -1,0 +1,55 @@
+"""``fhir-gateway conformance``: run the conformance kit (``conformance/``) against any FHIR R4 server
+and write the HTML and JUnit reports. Kept apart from ``gateway.cli`` so the kit has one entry point
+that a vendor can also call against their own server."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    """Run the kit; exit 0 only when no case failed, so CI can gate on it."""
+    from conformance.report import write_html, write_junit
+    from conformance.runner import CASES_DIR, run_kit
+
+    report = run_kit(args.fhir_base, hl7=args.hl7, token=args.token, cases_dir=args.cases or CASES_DIR,
+                     profiles_dir=args.profiles, timeout=args.timeout)
+    if args.report:
+        write_html(report, args.report)
+    if args.junit:
+        write_junit(report, args.junit)
+    for result in report.results:
+        line = f"{result.status.upper():5} {result.id}"
+        print(line + (f": {result.message}" if result.message else ""))
+    print(f"{len(report.passed)} passed, {len(report.failed)} failed, {len(report.skipped)} skipped"
+          + (f"; report {args.report}" if args.report else "") + (f"; JUnit {args.junit}" if args.junit else ""))
+    return 0 if report.ok else 1
+
+
+def add_conformance_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``conformance`` sub-command on the ``fhir-gateway`` parser."""
+    parser = subparsers.add_parser("conformance", help="check a FHIR R4 server (and HL7 v2 endpoint) with the "
+                                                       "conformance kit")
+    parser.add_argument("--fhir-base", required=True, help="FHIR base URL, e.g. http://127.0.0.1:8080/fhir")
+    parser.add_argument("--hl7", help="HL7 v2 endpoint: http(s)://.../hl7v2 or mllp://host:port "
+                                      "(without it the HL7 cases are skipped and no sample data is loaded)")
+    parser.add_argument("--token", help="bearer token sent with every request")
+    parser.add_argument("--report", help="write the HTML report here")
+    parser.add_argument("--junit", help="write JUnit XML here")
+    parser.add_argument("--cases", help="directory of case files (default: the kit's conformance/cases)")
+    parser.add_argument("--profiles", help="profiles directory for validation (default: ./profiles)")
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds per request (default 15)")
+    parser.set_defaults(func=cmd_conformance)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m gateway.conformance_cli conformance --fhir-base ...``."""
+    parser = argparse.ArgumentParser(prog="fhir-gateway")
+    add_conformance_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
