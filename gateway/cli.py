@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file")
     validate.add_argument("--profile", help="profile canonical URL (default: the Lecheng profile of its type)")
     validate.set_defaults(func=cmd_validate)
+
+    from gateway.conformance_cli import add_conformance_parser
+    add_conformance_parser(sub)
     return parser
 
 
