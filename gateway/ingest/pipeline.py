@@ -23,8 +23,8 @@ from gateway.ingest.messagelog import MessageLog
 from gateway.mapping.engine import MappedMessage, MappedResource, MappingSet
 from gateway.mapping.terminology import Terminology
 from gateway.store import ResourceStore, now_instant
-from gateway.store.upsert import UpsertRejected, apply_mapped
-from gateway.validation import Issue, Validator, has_errors
+from gateway.store.upsert import UpsertProblem, UpsertRejected, apply_mapped
+from gateway.validation import Issue, Validator
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,10 @@ class Hl7Pipeline:
                              "a resource", code="101")
             return self._finish(log_id, message, AckCode.AE, [error], warnings, "error")
 
-        errors = self._validate(mapped, warnings)
-        if errors:
-            return self._finish(log_id, message, AckCode.AE, errors, warnings, "error")
-
         source = f"urn:hl7v2:{message.sending_facility}:{message.control_id}"
         try:
             with self.store.write() as tx:
-                outcome = apply_mapped(tx, mapped.resources, source)
+                outcome = apply_mapped(tx, mapped.resources, source, self._check)
                 written = [(m, r, action) for m, r, action in outcome.written]
                 changed = [r for _m, r, action in written if action in ("create", "update")]
                 if changed:
@@ -140,33 +136,25 @@ class Hl7Pipeline:
         refs = [f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}" for _m, r, _a in written]
         return self._finish(log_id, message, AckCode.AA, [], warnings, "processed", refs)
 
-    def _validate(self, mapped: MappedMessage, warnings: list[str]) -> list[Hl7Error]:
-        errors: list[Hl7Error] = []
-        for resource in mapped.resources:
-            if resource.status_only:
-                # only a status, translated through HL7 table 0038/0119, lands on an already valid resource
-                continue
-            issues: list[Issue] = self.validator.validate(resource.resource)
-            for issue in issues:
-                if issue.severity in ("fatal", "error"):
-                    errors.append(self._issue_error(resource, issue))
-                elif issue.severity == "warning":
-                    warnings.append(f"{issue.expression or resource.type}: {issue.diagnostics}")
-            if not has_errors(issues):
-                profiles = self.validator.registry.profiles_for(resource.type) if hasattr(self.validator, "registry") else []
-                if profiles:
-                    resource.resource.setdefault("meta", {})["profile"] = list(profiles)
-        return errors
-
-    def _issue_error(self, mapped: MappedResource, issue: Issue) -> Hl7Error:
-        where = mapped.source_of(issue.expression or "")
-        return Hl7Error(text=f"{issue.expression or mapped.type}: {issue.diagnostics}",
-                        segment=where.segment if where else None, sequence=where.sequence if where else None,
-                        field=where.field if where else None, component=where.component if where else None,
-                        code="101" if issue.code == "required" else "207")
+    def _check(self, mapped: MappedResource, resource: dict) -> tuple[list[UpsertProblem], list[str]]:
+        """Validate a resource as it is about to be stored; conforming ones get meta.profile."""
+        issues: list[Issue] = self.validator.validate(resource)
+        problems = [UpsertProblem(mapped, f"{issue.expression or mapped.type}: {issue.diagnostics}",
+                                  "101" if issue.code == "required" else "207",
+                                  _element_of(issue.expression))
+                    for issue in issues if issue.severity in ("fatal", "error")]
+        warnings = [f"{issue.expression or mapped.type}: {issue.diagnostics}"
+                    for issue in issues if issue.severity == "warning"]
+        if not problems:
+            profiles = self.validator.registry.profiles_for(resource["resourceType"])
+            if profiles:
+                resource.setdefault("meta", {})["profile"] = list(profiles)
+        return problems, warnings
 
     def _problem_error(self, mapped: MappedResource, text: str, code: str, element: str | None) -> Hl7Error:
         where = mapped.source_of(f"{mapped.type}.{element}") if element else None
+        if where is None and code != "205":
+            where = mapped.source_of(f"{mapped.type}.identifier")  # at least the segment of the resource
         return Hl7Error(text=text, segment=where.segment if where else None,
                         sequence=where.sequence if where else None, field=where.field if where else None,
                         code=code)
@@ -222,6 +210,13 @@ class Hl7Pipeline:
                                               "resources": resources or []})
         message = msg_or_partial if isinstance(msg_or_partial, Hl7Message) else None
         return IngestResult(ack, code.value, log_id, status, message, resources or [], errors, warnings)
+
+
+def _element_of(expression: str | None) -> str | None:
+    """'MedicationRequest.requester' -> 'requester' (the element a mapping row fills)."""
+    if not expression or "." not in expression:
+        return None
+    return expression.split(".", 1)[1]
 
 
 def _ack_code(ack: bytes) -> str:

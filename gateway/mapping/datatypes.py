@@ -311,24 +311,30 @@ def human_names(ctx, field: Field) -> list | None:
 
 @converter("xcn_identifier")
 def xcn_identifier(ctx, field: Field, default_type: str = "PRN") -> list | None:
-    """XCN -> the person's identifier (.1 id, .9 assigning authority, .13 type)."""
+    """XCN -> the person's identifier (.1 id, .9 assigning authority, .13 type). Without XCN-9 the
+    id is the sending facility's (MSH-4): a hospital's staff numbers are its own."""
     rep = first_rep(field)
     if not rep or not comp(rep, 1):
         return None
     type_code = comp(rep, 13) or default_type
     namespace, universal, universal_type = _hd(rep, 9)
+    if not (namespace or universal):
+        # staff numbers are the sending facility's own unless XCN-9 says otherwise
+        namespace = ctx.message.sending_facility
+        ctx.warn(f"staff id '{comp(rep, 1)}' has no assigning authority (XCN-9); "
+                 f"read as issued by the sending facility {namespace}")
     system = ctx.terminology.identifier_system(namespace, universal, universal_type, type_code)
     if system is None:
-        ctx.warn(f"staff id '{comp(rep, 1)}' has no assigning authority (XCN-9); not kept as an identifier")
         return None
     return [_compact({"type": _identifier_type(type_code), "system": system, "value": comp(rep, 1)})]
 
 
 @converter("xcn_name")
-def xcn_name(ctx, field: Field) -> list | None:
-    """XCN -> HumanName (.2 family, .3 given, .4 further given, .5 suffix, .6 prefix)."""
+def xcn_name(ctx, field: Field, with_id: bool = False) -> list | None:
+    """XCN -> HumanName (.2 family, .3 given, .4 further given, .5 suffix, .6 prefix). ``with_id``:
+    only from an XCN that also carries the id, so a name never lands on someone else's identifier."""
     rep = first_rep(field)
-    if not rep:
+    if not rep or (with_id and not comp(rep, 1)):
         return None
     name = _name(rep, 2, 3, 4, 5, 6, None)
     return [name] if name else None

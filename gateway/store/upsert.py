@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from gateway.store import schema
 from gateway.store.resources import StoreTransaction
@@ -60,15 +60,23 @@ class UpsertRejected(Exception):
         self.result = result
 
 
-def apply_mapped(tx: StoreTransaction, mapped_resources: list[MappedLike], source: str) -> UpsertResult:
-    """Create or update every mapped resource; raises UpsertRejected (rolling back) on any problem."""
+Check = Callable[[Any, dict], "tuple[list[UpsertProblem], list[str]]"]
+
+
+def apply_mapped(tx: StoreTransaction, mapped_resources: list[MappedLike], source: str,
+                 check: Check | None = None) -> UpsertResult:
+    """Create or update every mapped resource; raises UpsertRejected (rolling back) on any problem.
+
+    ``check(mapped, resource)`` sees each resource exactly as it is about to be stored (merged with
+    the stored version, references resolved) and returns (problems, warnings): a cancel that does
+    not repeat the order's approval is judged on the order it produces, not on the message alone."""
     result = UpsertResult()
     real_refs: dict[str, str] = {}
     for mapped in mapped_resources:
         resource = copy.deepcopy(mapped.resource)
         _replace_references(resource, real_refs, tx)
         resource.setdefault("meta", {})["source"] = source
-        stored, action = _apply_one(tx, mapped, resource, result)
+        stored, action = _apply_one(tx, mapped, resource, result, check)
         if stored is not None:
             real_refs[mapped.temp_id] = f"{stored['resourceType']}/{stored['id']}"
             result.written.append((mapped, stored, action))
@@ -77,8 +85,17 @@ def apply_mapped(tx: StoreTransaction, mapped_resources: list[MappedLike], sourc
     return result
 
 
+def _checked(mapped: MappedLike, resource: dict, result: UpsertResult, check: Check | None) -> bool:
+    if check is None:
+        return True
+    problems, warnings = check(mapped, resource)
+    result.problems.extend(problems)
+    result.warnings.extend(warnings)
+    return not problems
+
+
 def _apply_one(tx: StoreTransaction, mapped: MappedLike, resource: dict,
-               result: UpsertResult) -> tuple[dict | None, str]:
+               result: UpsertResult, check: Check | None) -> tuple[dict | None, str]:
     matches = tx.find_by_identifier(mapped.type, mapped.identity) if mapped.identity else []
     lifecycle = mapped.lifecycle or {}
     label = f"{mapped.type} {', '.join(v for _s, v in mapped.identity) or mapped.key}"
@@ -98,6 +115,8 @@ def _apply_one(tx: StoreTransaction, mapped: MappedLike, resource: dict,
                                                  "cannot change; send the full order (with RXE/RXO)", "204", "identifier"))
             return None, ""
         resource.pop("id", None)
+        if not _checked(mapped, resource, result, check):
+            return None, ""
         return tx.create(resource), "create"
 
     existing = matches[0]
@@ -116,6 +135,8 @@ def _apply_one(tx: StoreTransaction, mapped: MappedLike, resource: dict,
     merged = _merge(existing, resource, mapped.status_only, mapped.deletions)
     if _content(merged) == _content(existing):
         return existing, "unchanged"
+    if not _checked(mapped, merged, result, check):
+        return None, ""
     return tx.update(merged), "update"
 
 

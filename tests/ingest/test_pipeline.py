@@ -4,6 +4,9 @@ from __future__ import annotations
 from conftest import EXTERNAL, ack_segment, post_hl7, sample
 
 
+PID = "PID|1||H0012345^^^BOAO_SUPER_HOSPITAL^MR||王^小明^^^^^L||19900101|M\r".encode()
+
+
 def _search(client, query: str) -> dict:
     response = client.get(f"/fhir/{query}")
     assert response.status_code == 200, response.data
@@ -99,7 +102,7 @@ def test_control_id_reused_with_other_content_is_processed_with_a_warning(client
 
 def test_status_only_message_for_unknown_order_is_ae(client):
     status_only = (b"MSH|^~\\&|BOAO_HIS|BOAO_SUPER_HOSPITAL|LECHENG_GW|HAINAN_EPC|20260316080000||RDE^O11^RDE_O11|"
-                   b"S1|P|2.5\rPID|1||H0012345^^^BOAO_SUPER_HOSPITAL^MR\rORC|DC|NOPE-1^BOAO_HIS\r")
+                   b"S1|P|2.5\r" + PID + b"ORC|DC|NOPE-1^BOAO_HIS\r")
     _response, ack = post_hl7(client, status_only)
     assert ack_segment(ack, "MSA")[1] == "AE"
     assert "no stored order" in ack_segment(ack, "ERR")[8]
@@ -108,7 +111,7 @@ def test_status_only_message_for_unknown_order_is_ae(client):
 def test_status_only_message_changes_only_the_status(client):
     post_hl7(client, sample("rde_o11_new_imported.hl7"))
     status_only = (b"MSH|^~\\&|BOAO_HIS|BOAO_SUPER_HOSPITAL|LECHENG_GW|HAINAN_EPC|20260316080000||RDE^O11^RDE_O11|"
-                   b"S2|P|2.5\rPID|1||H0012345^^^BOAO_SUPER_HOSPITAL^MR\rORC|DC|BSH-RX-0001^BOAO_HIS\r")
+                   b"S2|P|2.5\r" + PID + b"ORC|DC|BSH-RX-0001^BOAO_HIS\r")
     _response, ack = post_hl7(client, status_only)
     assert ack_segment(ack, "MSA")[1] == "AA"
     order = _search(client, "MedicationRequest?identifier=BSH-RX-0001")["entry"][0]["resource"]
@@ -129,8 +132,9 @@ def test_order_number_reused_for_another_patient_is_ae(client):
 def test_two_stored_orders_matching_one_message_is_ae(client):
     post_hl7(client, sample("rde_o11_new_imported.hl7"))
     filler = (b"MSH|^~\\&|BOAO_HIS|BOAO_SUPER_HOSPITAL|LECHENG_GW|HAINAN_EPC|20260316080000||RDE^O11^RDE_O11|"
-              b"F1|P|2.5\rPID|1||H0012345^^^BOAO_SUPER_HOSPITAL^MR\rORC|NW|BSH-RX-0777^BOAO_HIS|PH-9^EPC_PHARM\r"
-              b"RXE||HNLC-D-0042^Dupilumab^HNLC-IMPORT|300||mg^mg^UCUM\rZLC|1|LC2026-A-0042|FIRST_USE\r")
+              b"F1|P|2.5\r" + PID + b"ORC|NW|BSH-RX-0777^BOAO_HIS|PH-9^EPC_PHARM||||||20260316080000|||D1001^ZHANG^XJ\r"
+              b"RXE||HNLC-D-0042^Dupilumab^HNLC-IMPORT|300||mg^mg^UCUM\r"
+              b"ZLC|1|LC2026-A-0042|FIRST_USE|20260301|HNMPA^Hainan Medical Products Administration\r")
     assert ack_segment(post_hl7(client, filler)[1], "MSA")[1] == "AA"
     both = filler.replace(b"F1|", b"F2|").replace(b"BSH-RX-0777", b"BSH-RX-0001")
     _response, ack = post_hl7(client, both)
@@ -208,3 +212,21 @@ def test_explicit_null_in_a_change_deletes_the_stored_element(client):
     assert order["meta"]["versionId"] == "2" and "note" not in order
     first = client.get(f"/fhir/MedicationRequest/{order['id']}/_history/1").get_json()
     assert first["note"] == [{"text": "冷链 2-8℃"}]
+
+
+def test_imported_drug_without_zlc_approval_is_ae_naming_the_approval(client):
+    raw = sample("rde_o11_new_imported.hl7")
+    without = raw[:raw.index(b"\rZLC|") + 1]
+    _response, ack = post_hl7(client, without)
+    assert ack_segment(ack, "MSA")[1] == "AE"
+    assert "pilot-zone approval" in ack_segment(ack, "ERR")[8]
+    assert _search(client, "MedicationRequest")["total"] == 0
+    _response, ack = post_hl7(client, raw)
+    assert ack_segment(ack, "MSA")[1] == "AA"
+
+
+def test_stored_resources_name_the_profile_they_conform_to(client):
+    post_hl7(client, sample("rde_o11_new_imported.hl7"))
+    order = _search(client, "MedicationRequest")["entry"][0]["resource"]
+    assert order["meta"]["profile"] == [
+        "https://lecheng-fhir-gateway.org/fhir/StructureDefinition/lecheng-medicationrequest"]
