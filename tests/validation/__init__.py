@@ -1,0 +1,1 @@
+"""Tests for gateway.validation and the profiles in profiles/."""
