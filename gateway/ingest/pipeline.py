@@ -194,7 +194,10 @@ class Hl7Pipeline:
         return provenance
 
     def _ack(self, msg_or_partial, code: AckCode, errors: list[Hl7Error], charset: str = "utf-8") -> bytes:
-        text = build_ack(msg_or_partial, code, errors, sending_application=self.config["ACK_SENDING_APPLICATION"],
+        # MSA-3 carries the first error for v2.3-era receivers; an AA's warnings stay in ERR only
+        first_error = next((e.text for e in errors if e.severity == "E"), "")
+        text = build_ack(msg_or_partial, code, errors, text=first_error,
+                         sending_application=self.config["ACK_SENDING_APPLICATION"],
                          sending_facility=self.config["ACK_SENDING_FACILITY"])
         try:
             return text.encode(charset or "utf-8")
