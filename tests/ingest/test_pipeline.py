@@ -1,6 +1,8 @@
 """HL7 v2 in over HTTP, ACK out, resources stored: the core slice end to end."""
 from __future__ import annotations
 
+import pytest
+
 from conftest import EXTERNAL, ack_segment, post_hl7, sample
 
 
@@ -230,3 +232,55 @@ def test_stored_resources_name_the_profile_they_conform_to(client):
     order = _search(client, "MedicationRequest")["entry"][0]["resource"]
     assert order["meta"]["profile"] == [
         "https://lecheng-fhir-gateway.org/fhir/StructureDefinition/lecheng-medicationrequest"]
+
+
+OMP = ("MSH|^~\\&|BOAO_HIS|BOAO_SUPER_HOSPITAL|LECHENG_GW|HAINAN_EPC|20260320100000||OMP^O09^OMP_O09|OMP1|P|2.5|||AL|NE|CHN|UNICODE UTF-8\r"
+       "PID|1||H0012345^^^BOAO_SUPER_HOSPITAL^MR||王^小明^^^^^L||19900101|M\r"
+       "ORC|NW|BSH-RX-0501^BOAO_HIS|||||||20260320095500|||D1001^张^学军^^^^^^BOAO_SUPER_HOSPITAL^^^^EI\r"
+       "TQ1|1||BID^twice a day^HL70335|||||||\r"
+       "RXO|H20203001^阿托伐他汀钙片 20 mg^CN-NMPA|20||mg^milligram^UCUM|||||||28|TAB^tablet^HNLC-UNIT|1\r"
+       "RXR|PO^Oral^HL70162\r").encode("utf-8")
+
+
+def test_omp_o09_pharmacy_order_maps_through_the_same_mapping(client):
+    _response, ack = post_hl7(client, OMP)
+    assert ack_segment(ack, "MSA")[1] == "AA", ack
+    order = _search(client, "MedicationRequest?identifier=BSH-RX-0501")["entry"][0]["resource"]
+    assert order["medicationCodeableConcept"]["coding"][0]["code"] == "H20203001"
+    assert order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 20
+    assert order["dispenseRequest"]["quantity"]["value"] == 28
+    assert order["dispenseRequest"]["numberOfRepeatsAllowed"] == 1
+    assert order["dosageInstruction"][0]["timing"]["repeat"]["frequency"] == 2
+
+
+def test_renewal_is_a_new_request_pointing_at_the_prior_one(client):
+    post_hl7(client, OMP)
+    renewal = OMP.replace(b"|OMP1|", b"|OMP2|").replace(b"ORC|NW|BSH-RX-0501^BOAO_HIS||||||",
+                                                        b"ORC|RF|BSH-RX-0502^BOAO_HIS||||||BSH-RX-0501^BOAO_HIS")
+    _response, ack = post_hl7(client, renewal)
+    assert ack_segment(ack, "MSA")[1] == "AA", ack
+    prior = _search(client, "MedicationRequest?identifier=BSH-RX-0501")["entry"][0]["resource"]
+    renewed = _search(client, "MedicationRequest?identifier=BSH-RX-0502")["entry"][0]["resource"]
+    assert renewed["priorPrescription"]["reference"] == f"MedicationRequest/{prior['id']}"
+    assert prior["meta"]["versionId"] == "1"
+
+
+def test_renewal_reusing_the_prior_order_number_is_ae(client):
+    post_hl7(client, OMP)
+    renewal = OMP.replace(b"|OMP1|", b"|OMP3|").replace(b"ORC|NW|", b"ORC|RF|")
+    _response, ack = post_hl7(client, renewal)
+    assert ack_segment(ack, "MSA")[1] == "AE"
+    assert "renewal" in ack_segment(ack, "ERR")[8]
+
+
+@pytest.mark.parametrize("name", ["rde_o11_new_imported.hl7", "rde_o11_two_orders_gb18030.hl7"])
+def test_every_order_sample_sent_twice_changes_nothing(client, name):
+    first, _ = post_hl7(client, sample(name))
+    before = {e["resource"]["id"]: e["resource"]["meta"]["versionId"]
+              for t in ("MedicationRequest", "Patient", "Practitioner", "Organization", "Provenance")
+              for e in _search(client, t)["entry"]}
+    second, _ = post_hl7(client, sample(name))
+    after = {e["resource"]["id"]: e["resource"]["meta"]["versionId"]
+             for t in ("MedicationRequest", "Patient", "Practitioner", "Organization", "Provenance")
+             for e in _search(client, t)["entry"]}
+    assert first.data == second.data and before == after
