@@ -13,10 +13,17 @@ about are visited, so a large resource costs little more than a small one. At ea
 
 Wrong JSON types (a number where a code belongs) are the structure backend's to report; the walk
 skips what it cannot read instead of failing twice.
+
+Speed: `compile_checks()` turns every rule into two closures once, at load: `rule.visit(run,
+node, expr)` finds the element's values in its parent and checks cardinality, and
+`rule.check(run, value, type_code, expr)` runs only the checks that rule has (None when it has
+none). A rule whose element is absent and that requires nothing when absent is skipped by its parent
+without a call. Everything that builds an Issue lives on `ConformanceRun` and runs only on failure.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -24,7 +31,6 @@ import orjson
 from .fhirpath import FhirPathError
 from .issues import Issue
 from .profile import CORE_SD, NOT_SET, CompiledProfile, ElementRule
-from .terminology import Terminology
 
 _REFERENCE = re.compile(r"^(?:https?://\S+/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 _QUANTITY_TYPES = frozenset({"Quantity", "SimpleQuantity", "Age", "Count", "Distance", "Duration", "MoneyQuantity"})
@@ -43,13 +49,11 @@ def _show(value: Any, limit: int = 160) -> str:
 class ConformanceRun:
     """One resource against one profile; collects issues. Extension definitions run nested."""
 
-    __slots__ = ("profile", "terminology", "extensions", "root", "issues", "handled")
+    __slots__ = ("profile", "extensions", "root", "issues", "handled")
 
-    def __init__(self, profile: CompiledProfile, terminology: Terminology,
-                 extensions: dict[str, CompiledProfile], root: dict, issues: list[Issue],
-                 handled: set[int]) -> None:
+    def __init__(self, profile: CompiledProfile, extensions: dict[str, CompiledProfile], root: dict,
+                 issues: list[Issue], handled: set[int]) -> None:
         self.profile = profile
-        self.terminology = terminology
         self.extensions = extensions
         self.root = root
         self.issues = issues
@@ -57,7 +61,9 @@ class ConformanceRun:
 
     # ------------------------------------------------------------------ entry points
     def check_resource(self, resource: dict) -> None:
-        self.check_value(self.profile.root, resource, self.profile.type, self.profile.type)
+        root = self.profile.root
+        if root.check is not None:
+            root.check(self, resource, self.profile.type, self.profile.type)
 
     def check_extension(self, ext: dict, expr: str, parent_path: str) -> None:
         """Check an extension instance against its definition (this run's profile), context first."""
@@ -68,7 +74,8 @@ class ConformanceRun:
                      f"Extension {prof.url} is not allowed on {parent_path}; its definition ({prof.label}) "
                      f"allows it on {', '.join(prof.contexts)}")
             return
-        self.check_value(prof.root, ext, "Extension", expr)
+        if prof.root.check is not None:
+            prof.root.check(self, ext, "Extension", expr)
 
     # ------------------------------------------------------------------ reporting
     def add(self, severity: str, code: str, expression: str | None, diagnostics: str) -> None:
@@ -77,112 +84,42 @@ class ConformanceRun:
     def _by(self) -> str:
         return f"profile {self.profile.label}"
 
-    # ------------------------------------------------------------------ the walk
-    def check_children(self, rule: ElementRule, node: dict, expr: str) -> None:
-        for child in rule.children:
-            self.check_element(child, node, expr)
-
-    def check_element(self, rule: ElementRule, node: dict, expr: str) -> None:
-        if rule.choice:
-            self._check_choice(rule, node, expr)
-            return
-        v = node.get(rule.key)
-        if v is None:
-            count = 0
-            if rule.primitive:
-                shadow = node.get("_" + rule.key)
-                if shadow is not None:
-                    count = len(shadow) if type(shadow) is list else 1
-            self._cardinality(rule, [], count, expr)
-            return
-        base_expr = expr + "." + rule.name
-        if type(v) is not list:
-            if rule.max == 0:
-                self._too_many(rule, [(v, rule.type_code, base_expr)], 1)
-            if rule.checks_values:
-                self.check_value(rule, v, rule.type_code, base_expr)
-            if rule.slices:
-                self.check_slices(rule, [(v, rule.type_code, base_expr)], base_expr)
-            return
-        type_code = rule.type_code
-        values = [(item, type_code, f"{base_expr}[{i}]") for i, item in enumerate(v) if item is not None]
-        self._cardinality(rule, values, len(values), expr)
-        if rule.checks_values:
-            for value, _, vexpr in values:
-                self.check_value(rule, value, type_code, vexpr)
-        if rule.slices and values:
-            self.check_slices(rule, values, base_expr)
-
-    def _check_choice(self, rule: ElementRule, node: dict, expr: str) -> None:
-        # a node has a handful of keys; a choice element up to 50 variants
-        vmap = rule.variant_map
-        base_expr = expr + "." + rule.name
-        values = [(node[k], vmap[k], base_expr) for k in node if k in vmap]
-        self._cardinality(rule, values, len(values), expr)
-        if rule.checks_values:
-            for value, type_code, vexpr in values:
-                self.check_value(rule, value, type_code, vexpr)
-
-    def _cardinality(self, rule: ElementRule, values: list[tuple[Any, str, str]], count: int, expr: str) -> None:
+    # ------------------------------------------------------------------ failures
+    def cardinality(self, rule: ElementRule, values: list[tuple[Any, str, str]], count: int, expr: str) -> None:
         if rule.min and count < rule.min:
-            self._missing(rule, f"{expr}.{rule.name}", count)
+            self.missing(rule, f"{expr}.{rule.name}", count)
         if rule.max is not None and count > rule.max:
-            self._too_many(rule, values, count)
+            self.too_many(rule, values, count)
         if count == 0:
             for piece in rule.slices:
                 if piece.rule.min:
-                    self._missing(piece.rule, f"{expr}.{rule.name}", 0)
+                    self.missing(piece.rule, f"{expr}.{rule.name}", 0)
 
-    def _missing(self, rule: ElementRule, expr: str, count: int) -> None:
+    def missing(self, rule: ElementRule, expr: str, count: int) -> None:
         hint = f"; expected: {rule.short}" if rule.short else ""
         self.add("error", "required", expr,
                  f"{rule.id} is required by {self._by()} (min {rule.min}, found {count}){hint}")
 
-    def _too_many(self, rule: ElementRule, values: list[tuple[Any, str, str]], count: int) -> None:
+    def too_many(self, rule: ElementRule, values: list[tuple[Any, str, str]], count: int) -> None:
         where = values[rule.max][2] if rule.max is not None and rule.max < len(values) else None
         self.add("error", "structure", where,
                  f"{rule.id} allows at most {rule.max} by {self._by()}, found {count}; remove the extra ones")
-
-    def check_value(self, rule: ElementRule, value: Any, type_code: str, expr: str) -> None:
-        if rule.allowed is not None and type_code not in rule.allowed:
-            allowed = ", ".join(f"{rule.name}{t[0].upper()}{t[1:]}" for t in sorted(rule.allowed))
-            self.add("error", "structure", expr,
-                     f"{rule.id}: type {type_code} is not allowed by {self._by()}; use {allowed}")
-            return
-        if rule.fixed is not NOT_SET and value != rule.fixed:
-            self.add("error", "value", expr,
-                     f"{rule.id} must be exactly {_show(rule.fixed)} by {self._by()}, found {_show(value)}")
-        if rule.pattern_fn is not None and not rule.pattern_fn(value):
-            self.add("error", "value", expr,
-                     f"{rule.id} must match {_show(rule.pattern)} by {self._by()}, found {_show(value)}")
-        if rule.binding is not None:
-            self.check_binding(rule, value, type_code, expr)
-        if rule.targets and type(value) is dict:
-            self.check_reference(rule, value, expr)
-        if rule.type_profiles and type(value) is dict:
-            self.check_typed_extension(rule, value, expr)
-        for c in rule.constraints:
-            try:
-                result = c.invariant(value, self.root)
-            except FhirPathError as exc:
-                self.add("error", "processing", expr, f"{c.key}: could not be evaluated ({exc}) ({self._by()})")
-                continue
-            if result != [True]:
-                severity = "warning" if c.severity == "warning" else "error"
-                self.add(severity, "invariant", expr, f"{c.key}: {c.human} ({self._by()})")
-        if rule.children and type(value) is dict:
-            for child in rule.children:
-                keys = child.presence_keys
-                if keys and keys[0] not in value and (len(keys) == 1 or keys[1] not in value):
-                    continue        # absent, and nothing about it applies when absent
-                self.check_element(child, value, expr)
 
     # ------------------------------------------------------------------ slices
     def check_slices(self, rule: ElementRule, values: list[tuple[Any, str, str]], expr: str) -> None:
         pieces = rule.slices
         matched: list[list[tuple[Any, str, str]]] = [[] for _ in pieces]
         unmatched: list[tuple[Any, str, str]] = []
+        by_url = rule.slice_by_url
         for entry in values:
+            if by_url is not None:
+                value = entry[0]
+                index = by_url.get(value.get("url")) if type(value) is dict else None
+                if index is None:
+                    unmatched.append(entry)
+                else:
+                    matched[index].append(entry)
+                continue
             for i, piece in enumerate(pieces):
                 if piece.matches(entry[0]):
                     matched[i].append(entry)
@@ -192,14 +129,14 @@ class ConformanceRun:
         for piece, entries in zip(pieces, matched):
             prule = piece.rule
             if prule.min and len(entries) < prule.min:
-                self._missing(prule, expr, len(entries))
+                self.missing(prule, expr, len(entries))
             if prule.max is not None and len(entries) > prule.max:
-                self._too_many(prule, entries, len(entries))
-            if prule.checks_values:
+                self.too_many(prule, entries, len(entries))
+            check = prule.check
+            if check is not None:
                 for value, type_code, vexpr in entries:
-                    self.check_value(prule, value, type_code, vexpr)
-        assert rule.slicing is not None
-        if rule.slicing.rules == "closed":
+                    check(self, value, type_code, vexpr)
+        if unmatched and rule.slicing is not None and rule.slicing.rules == "closed":
             names = ", ".join(p.name for p in pieces)
             for value, _, vexpr in unmatched:
                 what = f"url {value.get('url')!r}" if type(value) is dict and "url" in value else _show(value, 80)
@@ -209,47 +146,65 @@ class ConformanceRun:
 
     # ------------------------------------------------------------------ bindings
     def check_binding(self, rule: ElementRule, value: Any, type_code: str, expr: str) -> None:
-        binding = rule.binding
-        assert binding is not None
-        url = binding.value_set
-        required = binding.strength == "required"
+        expansion = rule.expansion
+        if expansion is None:           # value set not in profiles/: cannot be checked here
+            return
+        required = rule.binding.strength == "required"  # type: ignore[union-attr]
         if type_code in _CODE_TYPES:
-            if type(value) is not str:
-                return
-            if self.terminology.contains(url, None, value) is False:
-                self._bad_code(rule, expr, f"code {value!r}", required)
+            if type(value) is str and expansion.contains(None, value) is False:
+                self.bad_code(rule, expr, f"code {value!r}", required)
             return
         if type(value) is not dict:
             return
-        if type_code == "Coding" or type_code in _QUANTITY_TYPES:
-            code = value.get("code")
-            if type(code) is not str:
-                return
-            if self.terminology.contains(url, value.get("system"), code) is False:
-                self._bad_code(rule, f"{expr}.code", f"{value.get('system')}|{code}", required)
-            return
         if type_code == "CodeableConcept":
             codings = value.get("coding")
-            codings = codings if type(codings) is list else []
             first_bad = None
-            for i, coding in enumerate(codings):
-                if type(coding) is not dict or type(coding.get("code")) is not str:
-                    continue
-                verdict = self.terminology.contains(url, coding.get("system"), coding["code"])
-                if verdict is not False:
-                    return          # in the value set, or cannot tell here
-                if first_bad is None:
-                    first_bad = (i, coding)
+            if type(codings) is list:
+                for i, coding in enumerate(codings):
+                    if type(coding) is not dict or type(coding.get("code")) is not str:
+                        continue
+                    if expansion.contains(coding.get("system"), coding["code"]) is not False:
+                        return          # in the value set, or cannot tell here
+                    if first_bad is None:
+                        first_bad = (i, coding)
             if first_bad is None:
                 if required:
-                    self._bad_code(rule, expr, "no coding", True)
+                    self.bad_code(rule, expr, "no coding", True)
                 return
             i, coding = first_bad
-            self._bad_code(rule, f"{expr}.coding[{i}].code", f"{coding.get('system')}|{coding['code']}", required)
+            self.bad_code(rule, f"{expr}.coding[{i}].code", f"{coding.get('system')}|{coding['code']}", required)
+            return
+        if type_code == "Coding" or type_code in _QUANTITY_TYPES:
+            code = value.get("code")
+            if type(code) is str and expansion.contains(value.get("system"), code) is False:
+                self.bad_code(rule, f"{expr}.code", f"{value.get('system')}|{code}", required)
 
-    def _bad_code(self, rule: ElementRule, expr: str, what: str, required: bool) -> None:
+    def not_allowed(self, rule: ElementRule, type_code: str, expr: str) -> None:
+        allowed = ", ".join(f"{rule.name}{t[0].upper()}{t[1:]}" for t in sorted(rule.allowed or ()))
+        self.add("error", "structure", expr, f"{rule.id}: type {type_code} is not allowed by {self._by()}; use {allowed}")
+
+    def not_fixed(self, rule: ElementRule, value: Any, expr: str) -> None:
+        self.add("error", "value", expr,
+                 f"{rule.id} must be exactly {_show(rule.fixed)} by {self._by()}, found {_show(value)}")
+
+    def not_pattern(self, rule: ElementRule, value: Any, expr: str) -> None:
+        self.add("error", "value", expr,
+                 f"{rule.id} must match {_show(rule.pattern)} by {self._by()}, found {_show(value)}")
+
+    def check_constraints(self, rule: ElementRule, value: Any, expr: str) -> None:
+        for c in rule.constraints:
+            try:
+                result = c.invariant(value, self.root)
+            except FhirPathError as exc:
+                self.add("error", "processing", expr, f"{c.key}: could not be evaluated ({exc}) ({self._by()})")
+                continue
+            if result != [True]:
+                self.add("warning" if c.severity == "warning" else "error", "invariant", expr,
+                         f"{c.key}: {c.human} ({self._by()})")
+
+    def bad_code(self, rule: ElementRule, expr: str, what: str, required: bool) -> None:
         url = rule.binding.value_set if rule.binding else "?"
-        expansion = self.terminology.expansion(url)
+        expansion = rule.expansion
         codes = sorted(expansion.listed_codes()) if expansion else []
         choices = ""
         if codes and len(codes) <= _MAX_LISTED_CODES:
@@ -299,5 +254,160 @@ class ConformanceRun:
         if definition is None:
             return
         parent_path = rule.path.rsplit(".", 1)[0]
-        nested = ConformanceRun(definition, self.terminology, self.extensions, self.root, self.issues, self.handled)
+        nested = ConformanceRun(definition, self.extensions, self.root, self.issues, self.handled)
         nested.check_extension(value, expr, parent_path)
+
+
+# ---------------------------------------------------------------------- compiled checks
+Visit = Callable[[ConformanceRun, dict, str], None]
+Check = Callable[[ConformanceRun, Any, str, str], None]
+
+
+def compile_checks(rule: ElementRule) -> None:
+    """Build `rule.visit` and `rule.check` for a rule and everything below it (children first)."""
+    for child in rule.children:
+        compile_checks(child)
+    for piece in rule.slices:
+        compile_checks(piece.rule)
+    rule.check = _value_check(rule)
+    rule.visit = _choice_visit(rule) if rule.choice else _element_visit(rule)
+
+
+def _children_loop(rule: ElementRule) -> Check | None:
+    """Visit the child rules, skipping without a call those that cannot report anything: absent and
+    required by nothing, or present with nothing to check on the value (a bare `min 1`)."""
+    children = []
+    for c in rule.children:
+        if c.choice:
+            children.append((None, None, False, False, c.visit))
+            continue
+        absent_ok = bool(c.presence_keys)
+        trivial_when_present = c.check is None and not c.slices and c.max is None and (c.min or 0) <= 1
+        children.append((c.key, "_" + c.key if c.primitive else None, absent_ok, trivial_when_present, c.visit))
+    if not children:
+        return None
+    plan = tuple(children)
+
+    def check_children(run: ConformanceRun, value: Any, type_code: str, expr: str) -> None:
+        if type(value) is dict:
+            for key, shadow, absent_ok, trivial_when_present, visit in plan:
+                if key is not None:
+                    if key in value:
+                        if trivial_when_present:
+                            continue
+                    elif absent_ok and (shadow is None or shadow not in value):
+                        continue
+                visit(run, value, expr)
+    return check_children
+
+
+def _code_binding(rule: ElementRule) -> Check | None:
+    """A required/extensible binding on a code element with an enumerated value set: a set lookup."""
+    exp = rule.expansion
+    if exp is None or not all(t in _CODE_TYPES for t in rule.types):
+        return None
+    codes = exp.enumerated_codes()
+    if codes is None:                               # not fully enumerated: use the general check
+        return None
+    required = rule.binding.strength == "required"  # type: ignore[union-attr]
+
+    def code_binding(run: ConformanceRun, value: Any, type_code: str, expr: str) -> None:
+        if type(value) is str and value not in codes:
+            run.bad_code(rule, expr, f"code {value!r}", required)
+    return code_binding
+
+
+def _value_check(rule: ElementRule) -> Check | None:
+    allowed = rule.allowed
+    has_fixed = rule.fixed is not NOT_SET
+    fixed = rule.fixed
+    pattern_fn = rule.pattern_fn
+    binding: Check | None = None
+    if rule.binding is not None and rule.expansion is not None:
+        binding = _code_binding(rule) or (lambda run, value, type_code, expr:
+                                          run.check_binding(rule, value, type_code, expr))
+    targets = rule.targets
+    type_profiles = rule.type_profiles
+    constraints = bool(rule.constraints)
+    children = _children_loop(rule)
+    if not (allowed is not None or has_fixed or pattern_fn or binding or targets or type_profiles or constraints):
+        return children
+    if binding is not None and children is None and not (
+            allowed is not None or has_fixed or pattern_fn or targets or type_profiles or constraints):
+        return binding
+
+    def check(run: ConformanceRun, value: Any, type_code: str, expr: str) -> None:
+        if allowed is not None and type_code not in allowed:
+            run.not_allowed(rule, type_code, expr)
+            return
+        if has_fixed and value != fixed:
+            run.not_fixed(rule, value, expr)
+        if pattern_fn is not None and not pattern_fn(value):
+            run.not_pattern(rule, value, expr)
+        if binding is not None:
+            binding(run, value, type_code, expr)
+        if type(value) is dict:
+            if targets:
+                run.check_reference(rule, value, expr)
+            if type_profiles:
+                run.check_typed_extension(rule, value, expr)
+        if constraints:
+            run.check_constraints(rule, value, expr)
+        if children is not None:
+            children(run, value, type_code, expr)
+    return check
+
+
+def _element_visit(rule: ElementRule) -> Visit:
+    key, type_code, name = rule.key, rule.type_code, rule.name
+    shadow_key = "_" + key if rule.primitive else None
+    min_, max_ = rule.min or 0, rule.max
+    needed_when_absent = bool(min_) or any(piece.rule.min for piece in rule.slices)
+    sliced = bool(rule.slices)
+    check = rule.check
+
+    def visit(run: ConformanceRun, node: dict, expr: str) -> None:
+        v = node.get(key)
+        if v is None:
+            if needed_when_absent:
+                shadow = node.get(shadow_key) if shadow_key else None
+                count = 0 if shadow is None else (len(shadow) if type(shadow) is list else 1)
+                run.cardinality(rule, [], count, expr)
+            return
+        base = expr + "." + name
+        if type(v) is not list:
+            if max_ == 0:
+                run.too_many(rule, [(v, type_code, base)], 1)
+            if check is not None:
+                check(run, v, type_code, base)
+            if sliced:
+                run.check_slices(rule, [(v, type_code, base)], base)
+            return
+        if not sliced and check is None and max_ is None and len(v) >= min_:
+            return
+        values = [(item, type_code, f"{base}[{i}]") for i, item in enumerate(v) if item is not None]
+        if len(values) < min_ or (max_ is not None and len(values) > max_) or not values:
+            run.cardinality(rule, values, len(values), expr)
+        if check is not None:
+            for item, _, item_expr in values:
+                check(run, item, type_code, item_expr)
+        if sliced and values:
+            run.check_slices(rule, values, base)
+    return visit
+
+
+def _choice_visit(rule: ElementRule) -> Visit:
+    variants = rule.variant_map             # a node has a handful of keys; a choice up to 50 variants
+    name = rule.name
+    min_, max_ = rule.min or 0, rule.max
+    check = rule.check
+
+    def visit(run: ConformanceRun, node: dict, expr: str) -> None:
+        base = expr + "." + name
+        values = [(node[k], variants[k], base) for k in node if k in variants]
+        if len(values) < min_ or (max_ is not None and len(values) > max_):
+            run.cardinality(rule, values, len(values), expr)
+        if check is not None:
+            for value, type_code, value_expr in values:
+                check(run, value, type_code, value_expr)
+    return visit

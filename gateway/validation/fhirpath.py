@@ -377,6 +377,22 @@ class _Compiler:
         if not keys:
             raise Unsupported(f"no element {name!r} on {sorted(src_types)}")
         key_tuple = tuple(keys)
+        if node[1] == ("this",) and len(key_tuple) == 1:
+            (only_key,) = key_tuple
+
+            def nav_this(focus: list, root: dict) -> list:      # `name` on the focus: the common case
+                out: list = []
+                for item in focus:
+                    if type(item) is dict:
+                        value = item.get(only_key)
+                        if value is None:
+                            continue
+                        if type(value) is list:
+                            out.extend(v for v in value if v is not None)
+                        else:
+                            out.append(value)
+                return out
+            return nav_this, frozenset(out_types)
 
         def nav(focus: list, root: dict) -> list:
             out: list = []
@@ -408,6 +424,15 @@ class _Compiler:
                         out.append(item)
                 return out
             return union, left_types | right_types
+        if op in ("=", "!=") and node[3][0] == "lit" and type(node[3][1]) is str:
+            negate, literal = op == "!=", node[3][1]
+
+            def equals_literal(focus: list, root: dict) -> list:   # `system = '...'`
+                a = left(focus, root)
+                if not a:
+                    return []
+                return [(len(a) == 1 and type(a[0]) is str and a[0] == literal) != negate]
+            return equals_literal, boolean
         if op in ("=", "!="):
             negate = op == "!="
 
@@ -473,6 +498,11 @@ class _Compiler:
             return arg[1]
 
         nargs = len(args)
+        if name == "exists" and nargs == 0 and target[0] == "call" and target[2] == "where" and len(target[3]) == 1:
+            # `x.where(c).exists()` stops at the first match instead of building the filtered list
+            inner, inner_types = self._node(target[1], types, this_types, root_type)
+            crit, _ = self._node(target[3][0], inner_types, inner_types, root_type)
+            return (lambda focus, root: [any(crit([x], root) == [True] for x in inner(focus, root))]), boolean
         if name == "exists" and nargs <= 1:
             if nargs == 0:
                 return (lambda focus, root: [bool(src(focus, root))]), boolean

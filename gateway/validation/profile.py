@@ -80,17 +80,21 @@ class ElementRule:
     fixed: Any = NOT_SET
     pattern: Any = NOT_SET
     binding: Binding | None = None
+    expansion: Any = None                      # the bound value set, resolved by the registry
     constraints: list[Constraint] = field(default_factory=list)
     children: list["ElementRule"] = field(default_factory=list)
     slicing: "Slicing | None" = None
     slices: list["Slice"] = field(default_factory=list)
-    # Set by _finish(): the compiled pattern, and whether values need per-value checks at all.
+    slice_by_url: dict[str, int] | None = None  # extension slicing: url -> slice index, one lookup per value
+    # Set by _finish(): the compiled pattern, json keys, and when the walk may skip the rule.
     pattern_fn: Callable[[Any], bool] | None = None
-    checks_values: bool = False
     variant_map: dict[str, str] = field(default_factory=dict)   # json key -> type code (choice elements)
     presence_keys: tuple[str, ...] = ()    # keys whose absence lets the walk skip this rule entirely
     key: str = ""                          # the json key of a non-choice element
     type_code: str = ""                    # its type
+    # Built by conformance.compile_checks() once the registry has resolved the value sets.
+    visit: Callable[..., None] | None = field(default=None, repr=False)
+    check: Callable[..., None] | None = field(default=None, repr=False)
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -115,6 +119,7 @@ class Slice:
     name: str
     rule: ElementRule
     matches: Callable[[Any], bool] = field(default=lambda value: False)
+    url: str | None = None      # set when the slice is told apart by `url` alone (extensions)
 
 
 @dataclass(slots=True, eq=False)
@@ -347,8 +352,11 @@ def _matcher(base: ElementRule, piece: Slice, url: str) -> Callable[[Any], bool]
         if path == "url" and base.name == "extension" and piece.rule.type_profiles and (
                 target is None or target.fixed is NOT_SET):
             ext_url = piece.rule.type_profiles[0]
+            piece.url = ext_url
             tests.append(lambda v, u=ext_url: type(v) is dict and v.get("url") == u)
             continue
+        if path == "url" and target is not None and type(target.fixed) is str:
+            piece.url = target.fixed
         if target is None:
             raise ProfileError(f"{url} slice {piece.rule.id}: discriminator path {path} has no element in the slice")
         if target.fixed is not NOT_SET:
@@ -380,9 +388,6 @@ def _finish(rule: ElementRule, url: str) -> None:
     if not rule.choice and not needed_when_absent:
         key = rule.variants[0][0]
         rule.presence_keys = (key, "_" + key) if rule.primitive else (key,)
-    rule.checks_values = bool(rule.allowed is not None or rule.targets or rule.type_profiles
-                              or rule.fixed is not NOT_SET or rule.pattern is not NOT_SET
-                              or rule.binding or rule.constraints or rule.children)
     if rule.slices and rule.slicing is None:
         if rule.name != "extension" and rule.name != "modifierExtension":
             raise ProfileError(f"{url} element {rule.id}: slices without a slicing definition")
@@ -390,8 +395,32 @@ def _finish(rule: ElementRule, url: str) -> None:
     for piece in rule.slices:
         _finish(piece.rule, url)
         piece.matches = _matcher(rule, piece, url)
+        _drop_proven(piece.rule, rule.slicing.discriminators if rule.slicing else ())
+    if rule.slicing and rule.slicing.discriminators == (("value", "url"),) and rule.slices and \
+            all(p.url is not None for p in rule.slices):
+        rule.slice_by_url = {}
+        for i, piece in enumerate(rule.slices):
+            rule.slice_by_url.setdefault(piece.url, i)  # type: ignore[arg-type]
     for child in rule.children:
         _finish(child, url)
+
+
+def _only_fixes_a_value(rule: ElementRule) -> bool:
+    """True when all a rule says is "present once, with this fixed/pattern value"."""
+    return ((rule.fixed is not NOT_SET or rule.pattern is not NOT_SET) and (rule.min or 0) <= 1
+            and rule.max is None and rule.allowed is None and not rule.targets and not rule.type_profiles
+            and rule.binding is None and not rule.constraints and not rule.children and not rule.slices)
+
+
+def _drop_proven(slice_rule: ElementRule, discriminators: tuple[tuple[str, str], ...]) -> None:
+    """A value only reaches a slice's rules after its discriminators matched: a child that merely
+    restates the discriminating value (identifier:placer.type = PLAC, extension:kind.url = kind) has
+    been proven already and need not be walked again."""
+    for kind, path in discriminators:
+        if kind in ("value", "pattern") and "." not in path and path != "$this":
+            child = slice_rule.child(path)
+            if child is not None and _only_fixes_a_value(child):
+                slice_rule.children.remove(child)
 
 
 def compile_profile(sd: dict, model: R4Model, resolve_type: Callable[[str], str | None]) -> CompiledProfile:
@@ -412,6 +441,11 @@ def compile_profile(sd: dict, model: R4Model, resolve_type: Callable[[str], str 
         rule = builder.locate(root, element)
         builder.apply(rule, element, resource_type or "Resource")
     _finish(root, url)
+    if root_type == "Extension":
+        # an instance is only checked against this definition because its url is this url
+        url_rule = root.child("url")
+        if url_rule is not None and _only_fixes_a_value(url_rule) and url_rule.fixed == url:
+            root.children.remove(url_rule)
     contexts = tuple(c["expression"] for c in sd.get("context", []) if c.get("type") == "element")
     return CompiledProfile(url=url, version=sd.get("version"), id=sd.get("id", ""), name=sd.get("name", ""),
                            type=root_type, kind=sd.get("kind", ""), root=root, contexts=contexts, definition=sd)

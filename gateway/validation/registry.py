@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 
+from .conformance import compile_checks
 from .model import r4_model
 from .profile import CompiledProfile, ElementRule, ProfileError, compile_profile
 from .terminology import Terminology
@@ -59,6 +60,13 @@ class ProfileRegistry:
                 self._compiled[f"{sd['url']}|{sd['version']}"] = compiled
             if sd.get("kind") == "resource":
                 self._defaults.setdefault(sd["type"], []).append(sd["url"])
+        for compiled in self._compiled.values():
+            for rule in _walk(compiled.root):
+                if rule.binding is not None:
+                    rule.expansion = self.terminology.expansion(rule.binding.value_set)
+        for url, compiled in self._compiled.items():
+            if "|" not in url:
+                compile_checks(compiled.root)
         self.extensions: dict[str, CompiledProfile] = {
             url: p for url, p in self._compiled.items() if p.type == "Extension" and "|" not in url}
         self.extension_namespaces: tuple[str, ...] = tuple(sorted({

@@ -56,6 +56,10 @@ class Expansion:
             return True
         return False if part.complete else None
 
+    def enumerated_codes(self) -> frozenset[str] | None:
+        """Every code a `code` element may take, when the local files list them all; else None."""
+        return None if self._codes_unknown else self._codes - self._excluded_codes
+
     def listed_codes(self) -> list[str]:
         """Every enumerated code, for diagnostics that say what would have been right."""
         return [c for part in self.systems.values() for c in part.codes]
