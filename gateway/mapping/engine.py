@@ -86,6 +86,8 @@ class ElementRule:
     value: Any = None
     ref: str | None = None
     when: dict | None = None
+    func: Any = None          # the converter, resolved once when the file is loaded
+    location: str = ""        # 'MedicationRequest.authoredOn', for warnings and errors
 
 
 @dataclass
@@ -208,6 +210,8 @@ class MappingSpec:
                 # a list: for 'x[]' every row appends; for a single element the first row with a value wins
                 rules = rule if isinstance(rule, list) else [rule]
                 elements.extend(cls._element(path, r, f"{rwhere}, element '{path}'", keys) for r in rules)
+            for element in elements:
+                element.location = f"{spec['type']}.{element.text_path}"
             resources.append(ResourceSpec(
                 key=spec["key"], type=spec["type"], for_each=spec.get("for_each"),
                 present=list(spec.get("present") or []), required=list(spec.get("required") or []),
@@ -239,6 +243,7 @@ class MappingSpec:
         if element.converter and element.converter not in CONVERTERS:
             raise MappingError(f"{where}: unknown converter '{element.converter}' "
                                f"(known: {', '.join(sorted(CONVERTERS))})")
+        element.func = CONVERTERS[element.converter or "string"]
         if element.ref and element.ref not in keys:
             raise MappingError(f"{where}: ref names unknown resource '{element.ref}'")
         if not (element.sources or element.named_sources or element.ref or "value" in rule):
@@ -264,6 +269,7 @@ class MappingSpec:
         message_level = message.segments
         message_wide = first_by_name(message_level)
         produced: list[MappedResource] = []
+        by_identity: dict[tuple[str, str, str], MappedResource] = {}
         scope_keys: dict[tuple[int, str], str] = {}       # (group index, key) -> temp id
         group_cache = {name: message.groups(g["start"], g["members"]) for name, g in self.groups.items()}
         for spec in self.resources:
@@ -271,10 +277,20 @@ class MappingSpec:
                 else [(-1, message_level)]
             for index, segments in scopes:
                 mapped = self._make(spec, ctx, segments, message_wide, index, scope_keys)
-                if mapped is not None:
-                    scope_keys[(index, spec.key)] = mapped.temp_id
-                    produced.append(mapped)
-        produced = _merge_same_identity(produced)
+                if mapped is None:
+                    continue
+                # a resource sharing an identifier with one already made is that resource (two orders
+                # by one doctor make one Practitioner); merged now, before anything refers to it
+                twin = next((by_identity[(mapped.type, *token)] for token in mapped.identity
+                             if (mapped.type, *token) in by_identity), None)
+                if twin is not None:
+                    _absorb(twin, mapped)
+                    scope_keys[(index, spec.key)] = twin.temp_id
+                    continue
+                for token in mapped.identity:
+                    by_identity[(mapped.type, *token)] = mapped
+                scope_keys[(index, spec.key)] = mapped.temp_id
+                produced.append(mapped)
         return MappedMessage(self.name, produced, ctx.warnings, ctx.errors)
 
     def _make(self, spec: ResourceSpec, ctx: MapContext, segments: list[Segment], message_wide: dict[str, Segment],
@@ -295,7 +311,7 @@ class MappingSpec:
                 continue
             if rule.when and not _condition(rule.when, lookup):
                 continue
-            ctx.location = f"{spec.type}.{rule.text_path}"
+            ctx.location = rule.location
             value, source, is_null = self._element_value(rule, ctx, lookup, group_index, scope_keys)
             if is_null:
                 mapped.deletions.append(rule.text_path)
@@ -349,7 +365,7 @@ class MappingSpec:
                         raw = [[rep[ref.component - 1]] if len(rep) >= ref.component else [[""]]
                                for rep in raw]
                 ctx.source = location
-                value = CONVERTERS[rule.converter or "string"](ctx, raw, **rule.args)
+                value = rule.func(ctx, raw, **rule.args)
                 ctx.source = None
                 if value not in (None, [], {}):
                     return value, location, False
@@ -365,7 +381,7 @@ class MappingSpec:
                 kwargs[name] = seg if ref.field is None else seg.field(ref.field)
                 first_location = first_location or SourceLocation(seg.name, seg.index, ref.field)
             ctx.source = first_location
-            value = CONVERTERS[rule.converter or "string"](ctx, **kwargs, **rule.args)
+            value = rule.func(ctx, **kwargs, **rule.args)
             ctx.source = None
             return value, first_location, False
         return rule.value, None, False
@@ -439,43 +455,16 @@ def _preferred_identity(identifiers: list[dict], identity: dict) -> list[tuple[s
     return [(i["system"], i["value"]) for i in identifiers[:1]]
 
 
-def _merge_same_identity(resources: list[MappedResource]) -> list[MappedResource]:
-    """Resources of one message with a shared identifier are one resource; references follow."""
-    kept: list[MappedResource] = []
-    seen: dict[tuple[str, str, str], MappedResource] = {}
-    alias: dict[str, str] = {}
-    for mapped in resources:
-        twin = next((seen[(mapped.type, *token)] for token in mapped.identity
-                     if (mapped.type, *token) in seen), None)
-        if twin is not None:
-            alias[mapped.temp_id] = twin.temp_id
-            known = {(i.get("system"), i.get("value")) for i in twin.resource.get("identifier", [])}
-            for ident in mapped.resource.get("identifier", []):
-                if (ident.get("system"), ident.get("value")) not in known:
-                    twin.resource.setdefault("identifier", []).append(ident)
-            for element, value in mapped.resource.items():
-                twin.resource.setdefault(element, value)
-            continue
-        for token in mapped.identity:
-            seen[(mapped.type, *token)] = mapped
-        kept.append(mapped)
-    if alias:
-        for mapped in kept:
-            _rewrite_references(mapped.resource, alias)
-    return kept
-
-
-def _rewrite_references(node: Any, alias: dict[str, str]) -> None:
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref in alias:
-            node["reference"] = alias[ref]
-        for value in node.values():
-            if isinstance(value, (dict, list)):
-                _rewrite_references(value, alias)
-    elif isinstance(node, list):
-        for item in node:
-            _rewrite_references(item, alias)
+def _absorb(twin: MappedResource, duplicate: MappedResource) -> None:
+    """Fold a duplicate into its twin: identifiers merged, elements the twin lacks taken over."""
+    known = {(i.get("system"), i.get("value")) for i in twin.resource.get("identifier", [])}
+    for ident in duplicate.resource.get("identifier", []):
+        if (ident.get("system"), ident.get("value")) not in known:
+            twin.resource.setdefault("identifier", []).append(ident)
+    for element, value in duplicate.resource.items():
+        twin.resource.setdefault(element, value)
+    for element, location in duplicate.sources.items():
+        twin.sources.setdefault(element, location)
 
 
 class MappingSet:
