@@ -114,7 +114,8 @@ class ConformanceRun:
         for entry in values:
             if by_url is not None:
                 value = entry[0]
-                index = by_url.get(value.get("url")) if type(value) is dict else None
+                url = value.get("url") if type(value) is dict else None
+                index = by_url.get(url) if type(url) is str else None
                 if index is None:
                     unmatched.append(entry)
                 else:

@@ -59,7 +59,7 @@ class FhirkitBackend:
             payload = resource
         try:
             found = self._validate(payload)
-        except self._parse_error as exc:
+        except (self._parse_error, TypeError, ValueError) as exc:    # e.g. a set, or a non-string key
             return [Issue("fatal", "structure", f"Not readable as FHIR JSON: {exc}")]
         issues = []
         for item in found:
@@ -94,6 +94,8 @@ class FhirResourcesBackend:
             model.model_validate(resource)
         except self._error as exc:
             return [self._issue(resource_type, err) for err in exc.errors()]
+        except (TypeError, ValueError) as exc:
+            return [Issue("fatal", "structure", f"Not readable as FHIR JSON: {exc}")]
         return []
 
     @staticmethod

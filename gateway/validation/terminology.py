@@ -43,6 +43,8 @@ class Expansion:
         return self
 
     def contains(self, system: str | None, code: str) -> bool | None:
+        if type(code) is not str or (system is not None and type(system) is not str):
+            return None                 # malformed input: the structure backend reports it
         if system is None:
             if code in self._codes:
                 return code not in self._excluded_codes

@@ -60,7 +60,8 @@ class Validator:
     def _profile_issues(self, resource: dict, profiles: list[str] | None) -> list[Issue]:
         if resource["resourceType"] == "Bundle" and profiles is None:
             issues: list[Issue] = []
-            for i, entry in enumerate(resource.get("entry") or []):
+            entries = resource.get("entry")
+            for i, entry in enumerate(entries if isinstance(entries, list) else []):
                 inner = entry.get("resource") if isinstance(entry, dict) else None
                 if _is_resource(inner):
                     issues.extend(self._with_prefix(self.check_profiles(inner), inner["resourceType"],

@@ -105,3 +105,13 @@ def test_fhirkit_reads_decimal_values_the_json_encoder_cannot_write():
     mr["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = Decimal("300.0")
 
     assert FhirkitBackend().check(mr) == []
+
+
+@pytest.mark.parametrize("backend_name", ["fhirkit", "fhir.resources"])
+def test_python_values_that_are_not_json_are_fatal_not_an_exception(backend_name):
+    patient = load_example("patient/valid-patient.json")
+    patient["birthDate"] = {1990, 1, 1}
+
+    issues = structure_backend(backend_name).check(patient)
+
+    assert issues and issues[0].severity in ("fatal", "error")

@@ -225,3 +225,31 @@ def test_issue_is_an_immutable_value():
     with pytest.raises(dataclasses.FrozenInstanceError):
         issue.severity = "warning"  # type: ignore[misc]
     assert issue == Issue("error", "required", "x", "Patient.gender", None)
+
+
+def _paths(node, path=()):
+    yield path
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, path + (i,))
+
+
+@pytest.mark.parametrize("name", ["medicationrequest/valid-imported-drug.json", "patient/valid-patient.json",
+                                  "device/valid-udi-device.json", "adverseevent/valid-adverse-event.json",
+                                  "medicationdispense/valid-dispense.json"])
+def test_any_element_replaced_by_a_wrong_json_type_gives_issues_never_an_exception(validator, name):
+    original = load_example(name)
+    for path in list(_paths(original))[1:]:
+        for junk in (None, 7, "x", [], {}, [None], [7], True):
+            broken = load_example(name)
+            parent = broken
+            for step in path[:-1]:
+                parent = parent[step]
+            parent[path[-1]] = junk
+
+            issues = validator.validate(broken)
+
+            assert all(isinstance(i, Issue) for i in issues)
