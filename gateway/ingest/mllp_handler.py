@@ -1,8 +1,17 @@
 """The MLLP listener wired to the ingest pipeline: the same path as ``POST /hl7v2``.
 
-Each frame is logged raw, processed and answered on its connection, in order (original
-acknowledgment mode). A frame over the size limit is refused with an AR whose MSA-2 is the
-sender's MSH-10, read from the head of the frame; the head is kept in the message log.
+Each frame is logged raw, processed and answered on its connection, in order.
+
+* **Original mode** (MSH-15 and MSH-16 empty): one application ACK (AA/AE/AR).
+* **Enhanced mode** (either valued): an accept ACK (CA/CE/CR) when MSH-15 asks for it, then the
+  application ACK when MSH-16 asks for it. AL = always, NE = never, ER = only on error,
+  SU = only on success. CA means the message is in the log (safe to stop resending); CR that it
+  will not be taken (not HL7, unsupported type or processing id); CE that it is kept but the
+  gateway failed on it. Both ACKs are built from what the message log keeps, so a resent message
+  gets byte-identical answers.
+
+A frame over the size limit is refused with an AR whose MSA-2 is the sender's MSH-10, read from
+the head of the frame; the head is kept in the message log.
 """
 from __future__ import annotations
 
@@ -12,9 +21,36 @@ from gateway.ingest.mllp import MllpReply, MllpServer
 from gateway.ingest.pipeline import Hl7Pipeline
 
 
+def _wanted(condition: str, success: bool) -> bool:
+    """HL7 table 0155: AL always, NE never, ER only on error, SU only on success ('' = AL)."""
+    condition = (condition or "AL").upper()
+    return condition == "AL" or (condition == "ER" and not success) or (condition == "SU" and success)
+
+
+def _msh7(ack: bytes) -> str | None:
+    first = ack.split(b"\r", 1)[0].decode("utf-8", "replace").split("|")
+    return first[6] if len(first) > 6 else None
+
+
 def make_mllp_handler(pipeline: Hl7Pipeline):
     def handle(payload: bytes) -> MllpReply:
-        return MllpReply(ack=pipeline.ingest(payload, transport="mllp").ack)
+        result = pipeline.ingest(payload, transport="mllp")
+        message = result.message
+        if message is None or not (message.accept_ack_type or message.application_ack_type):
+            return MllpReply(ack=result.ack)
+        accepted = result.status != "rejected"
+        commit = AckCode.AA if accepted and result.code != "AR" else (AckCode.AR if not accepted else AckCode.AE)
+        accept_ack = None
+        if _wanted(message.accept_ack_type, commit == AckCode.AA):
+            charset = message.charset or "utf-8"
+            accept_ack = build_ack(message, commit, result.errors if commit != AckCode.AA else (), accept_ack=True,
+                                   control_id=f"{message.control_id}.A"[:199], timestamp=_msh7(result.ack),
+                                   sending_application=pipeline.config["ACK_SENDING_APPLICATION"],
+                                   sending_facility=pipeline.config["ACK_SENDING_FACILITY"]).encode(charset, "replace")
+        application_ack = result.ack if _wanted(message.application_ack_type, result.code == "AA") else None
+        if accept_ack is None:
+            return MllpReply(ack=application_ack)
+        return MllpReply(ack=accept_ack, later=(lambda: application_ack) if application_ack else None)
     return handle
 
 
