@@ -108,3 +108,27 @@ def test_oversized_message_is_refused_with_its_control_id(gateway):
         assert gateway.message_log.recent(1)[0].status == "rejected"
     finally:
         server.stop()
+
+
+def test_burst_of_1000_messages_each_logged_and_acked_once(listener, gateway):
+    base = _original_mode(sample("rde_o11_new_imported.hl7"))
+    host, port = listener.address
+    answers = []
+    with MLLPClient(host, port, encoding="utf-8") as client:
+        for n in range(1000):
+            raw = base.replace(b"BSH20260315000001", f"BURST{n:04d}".encode())
+            answers.append(_msa(client.send_message(raw).decode("utf-8"))[1:3])
+    assert answers == [["AA", f"BURST{n:04d}"] for n in range(1000)]
+    logged = gateway.message_log.recent(2000)
+    assert sorted(m.control_id for m in logged) == [f"BURST{n:04d}" for n in range(1000)]
+    assert all(m.ack is not None and m.status == "processed" for m in logged)
+
+
+def test_client_hanging_up_mid_message_leaves_nothing_half_logged(listener, gateway):
+    with socket.create_connection(listener.address, timeout=10) as sock:
+        sock.sendall(b"\x0b" + sample("rde_o11_new_imported.hl7")[:200])
+    host, port = listener.address
+    with MLLPClient(host, port, encoding="utf-8") as client:
+        ack = client.send_message(_original_mode(sample("rde_o11_cancel.hl7")))
+    assert _msa(ack.decode("utf-8"))[1:3] == ["AA", "BSH20260316000009"]
+    assert [m.control_id for m in gateway.message_log.recent(10)] == ["BSH20260316000009"]
