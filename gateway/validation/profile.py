@@ -13,7 +13,9 @@ profile sets, type restrictions, fixed/pattern values, the binding, compiled FHI
 its child rules, and its slices, each with a matcher built from the slicing discriminators.
 Elements the differential only passes through (`dosageInstruction`, `timing`, `repeat` above)
 become plain navigation nodes. Base R4 cardinality is not repeated here: the structure backend
-checks it. `conformance.py` walks a resource against this tree.
+checks it. A slice child that only restates the slice's discriminating value
+(`identifier:placer.type` = PLAC) is dropped after compilation: the slice match already proved it.
+`conformance.py` turns the tree into closures and walks resources with them.
 
 Supported: discriminator types `value`, `pattern` and `exists` (paths of plain element names or
 `$this`); extensions sliced by `url`, implicitly or explicitly; `type.profile` on Extension
