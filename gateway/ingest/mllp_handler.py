@@ -72,3 +72,13 @@ def mllp_server(pipeline: Hl7Pipeline, host: str, port: int) -> MllpServer:
     limit = int(pipeline.config["MAX_MESSAGE_BYTES"])
     return MllpServer(make_mllp_handler(pipeline), host, port, max_bytes=limit,
                       on_too_large=make_too_large_handler(pipeline, limit))
+
+
+def make_pipeline_handler():
+    """A handler over a fresh gateway on a temporary SQLite file: for ``bench/mllp.py --handler``."""
+    import tempfile
+
+    from gateway.config import load_config
+    from gateway.runtime import Gateway
+    gateway = Gateway.from_config(load_config({"DATA_DIR": tempfile.mkdtemp(prefix="lecheng-bench-")}))
+    return make_mllp_handler(gateway.pipeline)

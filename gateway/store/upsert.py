@@ -14,14 +14,14 @@ import the mapping package.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+import orjson
+from sqlalchemy import and_, select
+
 from gateway.store import schema
 from gateway.store.resources import StoreTransaction
-
-from sqlalchemy import and_, select
 
 
 class MappedLike(Protocol):
@@ -73,7 +73,7 @@ def apply_mapped(tx: StoreTransaction, mapped_resources: list[MappedLike], sourc
     result = UpsertResult()
     real_refs: dict[str, str] = {}
     for mapped in mapped_resources:
-        resource = copy.deepcopy(mapped.resource)
+        resource = _copy(mapped.resource)
         _replace_references(resource, real_refs, tx)
         resource.setdefault("meta", {})["source"] = source
         stored, action = _apply_one(tx, mapped, resource, result, check)
@@ -143,7 +143,7 @@ def _apply_one(tx: StoreTransaction, mapped: MappedLike, resource: dict,
 def _merge(existing: dict, incoming: dict, status_only: bool, deletions: list[str]) -> dict:
     """Elements the message gave replace the stored ones; elements it left empty stay; HL7's explicit
     null ("") deletes; identifiers are merged, never erased."""
-    merged = copy.deepcopy(existing)
+    merged = _copy(existing)
     if status_only:
         if "status" in incoming:
             merged["status"] = incoming["status"]
@@ -160,6 +160,11 @@ def _merge(existing: dict, incoming: dict, status_only: bool, deletions: list[st
             merged.setdefault("identifier", []).append(ident)
     merged.setdefault("meta", {})["source"] = incoming.get("meta", {}).get("source")
     return merged
+
+
+def _copy(resource: dict) -> dict:
+    """A deep copy of JSON data; an orjson round trip is several times faster than copy.deepcopy."""
+    return orjson.loads(orjson.dumps(resource))
 
 
 def _content(resource: dict) -> dict:
