@@ -40,9 +40,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = app.config["HOST"], int(app.config["PORT"])
     if _refuse_public_bind(host):
         return 2
+    listener = None
+    mllp_port = int(args.mllp_port if args.mllp_port is not None else app.config["MLLP_PORT"] or 0)
+    if mllp_port:
+        from gateway.ingest.mllp_handler import mllp_server
+        listener = mllp_server(app.extensions["gateway"].pipeline, host, mllp_port)
+        listener.start()
+        print(f"MLLP listener on {host}:{listener.address[1]}", flush=True)
     print(f"Lecheng FHIR gateway on http://{host}:{port}  (FHIR base /fhir, HL7 v2 POST /hl7v2, "
           f"database {app.config['DATABASE_URL']})", flush=True)
-    serve(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway")
+    try:
+        serve(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway")
+    finally:
+        if listener is not None:
+            listener.stop()
     return 0
 
 
@@ -117,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--threads", default=8)
+    serve.add_argument("--mllp-port", type=int, help="also run the MLLP listener on this port (GATEWAY_MLLP_PORT)")
     serve.set_defaults(func=cmd_serve)
 
     mllp = sub.add_parser("mllp", help="run the MLLP listener (HL7 v2 over TCP)")
