@@ -162,10 +162,8 @@ class Hl7Pipeline:
     def _provenance(self, message: Hl7Message, changed: list[dict], source: str) -> dict:
         """One Provenance per message: which versions it wrote, who sent it, and what it carried that
         no mapping reads (Z-segments and others), so nothing of the message is lost."""
-        mapped_names = set()
-        for spec in [self.mappings.for_message(message.message_type)]:
-            if spec:
-                mapped_names = spec.segments_read()
+        spec = self.mappings.for_message(message.message_type)
+        mapped_names = spec.segments_read() if spec else set()
         unmapped = [str(seg) for seg in message.segments if seg.name not in mapped_names and seg.name != "MSH"]
         provenance: dict[str, Any] = {
             "resourceType": "Provenance",

@@ -186,6 +186,7 @@ class MappingSpec:
         self.resources = resources
         self.description = description
         self.raw = raw or {}
+        self._segments_read: set[str] | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "MappingSpec":
@@ -252,6 +253,11 @@ class MappingSpec:
 
     def segments_read(self) -> set[str]:
         """Names of the segments this mapping reads; the rest are kept with the message's Provenance."""
+        if self._segments_read is None:
+            self._segments_read = self._collect_segments_read()
+        return self._segments_read
+
+    def _collect_segments_read(self) -> set[str]:
         names = {g["start"] for g in self.groups.values()}
         for spec in self.resources:
             names.update(spec.present)
