@@ -180,12 +180,6 @@ class ResourceStore:
             with conn.begin():
                 yield StoreTransaction(self, conn)
 
-    @contextmanager
-    def read_transaction(self) -> Iterator[StoreTransaction]:
-        with self.engine.connect() as conn:
-            with conn.begin():
-                yield StoreTransaction(self, conn)
-
     def index_rows(self, search_type: str, name: str, value: Any, key: dict) -> list[dict]:
         if search_type == "token":
             return [{**key, "param": name, "system": system, "code": code} for system, code in token_values(value)]
