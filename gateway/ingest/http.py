@@ -12,8 +12,6 @@ from gateway.web import gateway_of_app
 
 ingest_blueprint = Blueprint("ingest", __name__)
 
-HL7_CONTENT_TYPES = ("x-application/hl7-v2+er7", "application/hl7-v2", "text/plain", "application/octet-stream")
-
 
 @ingest_blueprint.post("/hl7v2")
 def receive_hl7v2() -> Response:

@@ -36,6 +36,12 @@ class LoggedMessage:
     detail: dict
 
 
+@dataclass
+class EarlierArrivals:
+    same_content: LoggedMessage | None
+    other_content: bool
+
+
 class MessageLog:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -54,23 +60,17 @@ class MessageLog:
                 sender_application=sender_application, sender_facility=sender_facility,
                 control_id=control_id, message_type=message_type))
 
-    def earlier_answer(self, log_id: int, sender_facility: str, control_id: str) -> LoggedMessage | None:
-        """The finished earlier arrival with the same sender, control id and content, if any."""
+    def earlier_arrivals(self, log_id: int, sender_facility: str, control_id: str) -> "EarlierArrivals":
+        """What this sender sent before under the same control id, in one query: the first finished
+        arrival with the same content (its ACK is the answer to a resend), and whether any arrival
+        had other content (the sender's counter was reset)."""
         with self.engine.connect() as conn:
             sha = conn.execute(select(message_log.c.content_sha256).where(message_log.c.id == log_id)).scalar_one()
-            row = conn.execute(select(message_log).where(
+            rows = conn.execute(select(message_log).where(
                 message_log.c.sender_facility == sender_facility, message_log.c.control_id == control_id,
-                message_log.c.content_sha256 == sha, message_log.c.id != log_id,
-                message_log.c.status.in_(FINISHED)).order_by(message_log.c.id).limit(1)).first()
-        return _logged(row) if row else None
-
-    def control_id_reused(self, log_id: int, sender_facility: str, control_id: str) -> bool:
-        """True when an earlier message from this sender had this control id but other content."""
-        with self.engine.connect() as conn:
-            sha = conn.execute(select(message_log.c.content_sha256).where(message_log.c.id == log_id)).scalar_one()
-            return conn.execute(select(message_log.c.id).where(
-                message_log.c.sender_facility == sender_facility, message_log.c.control_id == control_id,
-                message_log.c.content_sha256 != sha, message_log.c.id != log_id).limit(1)).first() is not None
+                message_log.c.id != log_id).order_by(message_log.c.id)).all()
+        same = next((r for r in rows if r.content_sha256 == sha and r.status in FINISHED), None)
+        return EarlierArrivals(_logged(same) if same else None, any(r.content_sha256 != sha for r in rows))
 
     def finish(self, log_id: int, status: str, ack: bytes | None, detail: dict[str, Any]) -> None:
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():

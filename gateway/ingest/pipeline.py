@@ -85,13 +85,13 @@ class Hl7Pipeline:
                           message_type=message.message_type)
         warnings = list(message.warnings)
 
-        earlier = self.log.earlier_answer(log_id, message.sending_facility, message.control_id)
-        if earlier is not None and earlier.ack is not None:
-            detail = {"duplicate_of": earlier.id}
-            self.log.finish(log_id, earlier.status, earlier.ack, detail)
-            return IngestResult(earlier.ack, _ack_code(earlier.ack), log_id, earlier.status, message,
+        earlier = self.log.earlier_arrivals(log_id, message.sending_facility, message.control_id)
+        resend = earlier.same_content
+        if resend is not None and resend.ack is not None:
+            self.log.finish(log_id, resend.status, resend.ack, {"duplicate_of": resend.id})
+            return IngestResult(resend.ack, _ack_code(resend.ack), log_id, resend.status, message,
                                 duplicate=True)
-        if self.log.control_id_reused(log_id, message.sending_facility, message.control_id):
+        if earlier.other_content:
             warnings.append(f"control id {message.control_id} was used before by {message.sending_facility} "
                             "for a different message; processed as a new message")
 

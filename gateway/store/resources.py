@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator
 from zoneinfo import ZoneInfo
@@ -68,7 +68,6 @@ class SearchPage:
     resources: list[dict]
     total: int
     next_cursor: str | None
-    warnings: list[str] = field(default_factory=list)
 
 
 class StoreTransaction:
