@@ -1,32 +1,68 @@
-"""The CapabilityStatement, generated from what is registered: never written by hand."""
+"""The CapabilityStatement, generated from what is registered: never written by hand.
+
+Interactions and operations come from the Flask routes the ``fhir`` blueprint really has (an
+endpoint that is not registered is not claimed); resource types and search parameters from the
+store's registry; profiles from ``profiles/``; formats from ``formats``.
+"""
 from __future__ import annotations
 
+from flask import Flask
+
 from gateway import __version__
+from gateway.fhir_api.formats import SUPPORTED_FORMATS
 from gateway.store import SearchParameterRegistry
 
-SEARCH_TYPE_DOC = {"token": "token", "string": "string", "date": "date", "reference": "reference"}
-INTERACTIONS = ["read", "vread", "history-instance", "search-type"]
+# blueprint endpoint -> the interaction it implements (type level unless listed as system)
+TYPE_INTERACTIONS = {"read": "read", "vread": "vread", "update": "update", "delete": "delete",
+                     "history": "history-instance", "history_type": "history-type", "create": "create",
+                     "search": "search-type"}
+SYSTEM_INTERACTIONS = {"bundle": ["transaction", "batch"], "history_system": ["history-system"]}
+OPERATIONS = {  # endpoint -> (name, definition, level)
+    "validate": ("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate", "type"),
+    "export_system": ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export", "system"),
+    "export_patient": ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export", "Patient"),
+}
 
 
-def capability_statement(params: SearchParameterRegistry, base_url: str, operations: list[dict],
-                         profiles: dict[str, list[str]]) -> dict:
+def registered_endpoints(app: Flask, blueprint: str = "fhir") -> set[str]:
+    prefix = f"{blueprint}."
+    return {rule.endpoint[len(prefix):] for rule in app.url_map.iter_rules() if rule.endpoint.startswith(prefix)}
+
+
+def capability_statement(params: SearchParameterRegistry, base_url: str, profiles: dict[str, list[str]],
+                         app: Flask) -> dict:
+    endpoints = registered_endpoints(app)
+    interactions = [code for endpoint, code in TYPE_INTERACTIONS.items() if endpoint in endpoints]
     resources = []
     for resource_type in params.resource_types():
         entry = {
             "type": resource_type,
-            "interaction": [{"code": code} for code in INTERACTIONS],
-            "versioning": "versioned",
+            "interaction": [{"code": code} for code in interactions],
+            "versioning": "versioned-update",
             "readHistory": True,
-            "searchParam": [
-                {"name": "_id", "type": "token", "documentation": "Logical id of the resource"},
-                {"name": "_lastUpdated", "type": "date", "documentation": "When the resource last changed"},
-                *[{"name": p.name, "type": p.type, "documentation": p.doc}
-                  for p in params.for_type(resource_type).values()],
-            ],
+            "updateCreate": "update" in endpoints,
+            "conditionalCreate": "create" in endpoints,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": "conditional_update" in endpoints,
+            "conditionalDelete": "not-supported",
+            **search_capability(params, resource_type),
         }
         if profiles.get(resource_type):
             entry["supportedProfile"] = profiles[resource_type]
+        entry["operation"] = [{"name": name, "definition": definition}
+                              for endpoint, (name, definition, level) in OPERATIONS.items()
+                              if endpoint in endpoints and level in ("type", resource_type)]
+        if not entry["operation"]:
+            del entry["operation"]
         resources.append(entry)
+    system_operations = [{"name": name, "definition": definition}
+                         for endpoint, (name, definition, level) in OPERATIONS.items()
+                         if endpoint in endpoints and level == "system"]
+    rest = {"mode": "server", "resource": resources,
+            "interaction": [{"code": code} for endpoint, codes in SYSTEM_INTERACTIONS.items()
+                            if endpoint in endpoints for code in codes]}
+    if system_operations:
+        rest["operation"] = system_operations
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -35,6 +71,15 @@ def capability_statement(params: SearchParameterRegistry, base_url: str, operati
         "software": {"name": "Lecheng FHIR gateway", "version": __version__},
         "implementation": {"description": "Lecheng pilot zone HL7 v2 / FHIR gateway", "url": base_url},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
-        "rest": [{"mode": "server", "resource": resources, "operation": operations}],
+        "format": list(SUPPORTED_FORMATS),
+        "rest": [rest],
     }
+
+
+def search_capability(params: SearchParameterRegistry, resource_type: str) -> dict:
+    """searchParam of a type, from the search-parameter registry."""
+    return {"searchParam": [
+        {"name": "_id", "type": "token", "documentation": "Logical id of the resource"},
+        {"name": "_lastUpdated", "type": "date", "documentation": "When the resource last changed"},
+        *[{"name": p.name, "type": p.type, "documentation": p.doc} for p in params.for_type(resource_type).values()],
+    ]}

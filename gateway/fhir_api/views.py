@@ -1,21 +1,22 @@
-"""FHIR REST views. Thin: they parse the HTTP request, call the store or validator, and shape the
-answer; rules live in the modules they call."""
+"""FHIR REST views. Thin: they parse the HTTP request, call the store, validator or writer, and
+shape the answer through ``outcome.fhir_response`` (JSON or XML as negotiated); rules live in the
+modules they call."""
 from __future__ import annotations
 
 from urllib.parse import urlencode
 
-import orjson
 from flask import Blueprint, Response, current_app, request
 
 from gateway.fhir_api.capability import capability_statement
+from gateway.fhir_api.formats import FormatError, format_name, negotiate, parse_body
 from gateway.fhir_api.outcome import fhir_response, outcome_response
+from gateway.fhir_api.writes import FhirOrigin, FhirWriter, WriteError, WriteRequest, WriteResult
 from gateway.store import SearchCriterion, SearchError, StoreError
 from gateway.web import gateway_of_app
 
 fhir_blueprint = Blueprint("fhir", __name__)
 
 CONTROL_PARAMS = {"_count", "_cursor", "_format", "_total", "_pretty"}
-JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 
 
 def _base_url() -> str:
@@ -29,19 +30,34 @@ def _known_type(resource_type: str) -> Response | None:
 
 
 @fhir_blueprint.before_request
-def _only_json():
-    wanted = request.args.get("_format")
-    if wanted and wanted not in JSON_FORMATS:
-        return outcome_response(406, "not-supported", f"_format '{wanted}' is not served; use json")
+def _negotiate_format():
+    try:
+        negotiate(request.args.get("_format"), request.headers.get("Accept"), request.args.get("_pretty"))
+    except FormatError as exc:
+        return outcome_response(exc.status, exc.code, str(exc), exc.expression)
     return None
+
+
+@fhir_blueprint.errorhandler(FormatError)
+def _format_error(exc: FormatError) -> Response:
+    return outcome_response(exc.status, exc.code, str(exc), exc.expression)
+
+
+@fhir_blueprint.errorhandler(WriteError)
+def _write_error(exc: WriteError) -> Response:
+    return fhir_response(exc.outcome, exc.status)
+
+
+@fhir_blueprint.errorhandler(StoreError)
+def _store_error(exc: StoreError) -> Response:
+    return outcome_response(exc.status, exc.issue_code, str(exc))
 
 
 @fhir_blueprint.get("/metadata")
 def metadata() -> Response:
     gw = gateway_of_app()
     profiles = {t: gw.validator.registry.profiles_for(t) for t in gw.store.params.resource_types()}
-    operations = [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
-    return fhir_response(capability_statement(gw.store.params, _base_url(), operations, profiles))
+    return fhir_response(capability_statement(gw.store.params, _base_url(), profiles, current_app))
 
 
 @fhir_blueprint.get("/<resource_type>/<resource_id>")
@@ -70,22 +86,26 @@ def vread(resource_type: str, resource_id: str, version_id: str) -> Response:
 def history(resource_type: str, resource_id: str) -> Response:
     if (problem := _known_type(resource_type)) is not None:
         return problem
-    try:
-        versions = gateway_of_app().store.history(resource_type, resource_id)
-    except StoreError as exc:
-        return outcome_response(exc.status, exc.issue_code, str(exc))
-    base = _base_url()
-    entries = []
-    for resource, method, deleted in versions:
-        entry = {"fullUrl": f"{base}/{resource_type}/{resource_id}",
-                 "request": {"method": method, "url": f"{resource_type}/{resource_id}" if method != "POST" else resource_type},
-                 "response": {"status": "204" if deleted else ("201" if method == "POST" else "200"),
-                              "lastModified": resource["meta"]["lastUpdated"]}}
-        if not deleted:
-            entry["resource"] = resource
-        entries.append(entry)
-    return fhir_response({"resourceType": "Bundle", "type": "history", "total": len(entries),
-                          "link": [{"relation": "self", "url": request.url}], "entry": entries})
+    return _history_bundle(resource_type, resource_id)
+
+
+@fhir_blueprint.get("/<resource_type>/_history")
+def history_type(resource_type: str) -> Response:
+    if (problem := _known_type(resource_type)) is not None:
+        return problem
+    return _history_bundle(resource_type, None)
+
+
+@fhir_blueprint.get("/_history")
+def history_system() -> Response:
+    return _history_bundle(None, None)
+
+
+def _history_bundle(resource_type: str | None, resource_id: str | None) -> Response:
+    """A history Bundle (newest first, deletions included) with _since, _count and next links."""
+    from gateway.fhir_api.history import history_bundle
+    return fhir_response(history_bundle(gateway_of_app().store, _base_url(), resource_type, resource_id,
+                                        request.args, current_app.config))
 
 
 @fhir_blueprint.get("/<resource_type>")
@@ -142,10 +162,7 @@ def _cursor_param() -> list[tuple[str, str]]:
 @fhir_blueprint.post("/<resource_type>/$validate")
 def validate(resource_type: str) -> Response:
     from gateway.validation import operation_outcome
-    try:
-        body = orjson.loads(request.get_data())
-    except orjson.JSONDecodeError as exc:
-        return outcome_response(400, "structure", f"the body is not JSON: {exc}")
+    body = parse_body(request.get_data(), request.content_type)
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
         body = next((p.get("resource") for p in body.get("parameter", []) if p.get("name") == "resource"), None)
     if not isinstance(body, dict) or body.get("resourceType") != resource_type:
@@ -154,6 +171,110 @@ def validate(resource_type: str) -> Response:
     profile = request.args.get("profile")
     issues = gateway_of_app().validator.validate(body, [profile] if profile else None)
     return fhir_response(operation_outcome(issues))
+
+
+# ---------------------------------------------------------------------------- writes
+
+def _writer() -> FhirWriter:
+    gw = gateway_of_app()
+    return FhirWriter(gw.store, gw.validator, lambda: gw.pipeline.on_stored)
+
+
+def _origin() -> FhirOrigin:
+    """Who is writing; the security work fills in the client's organization."""
+    return FhirOrigin()
+
+
+@fhir_blueprint.post("/<resource_type>")
+def create(resource_type: str) -> Response:
+    if (problem := _known_type(resource_type)) is not None:
+        return problem
+    body = parse_body(request.get_data(), request.content_type)
+    result = _writer().write(WriteRequest("POST", resource_type, resource=body,
+                                          if_none_exist=request.headers.get("If-None-Exist")), _origin())
+    return _write_response(result)
+
+
+@fhir_blueprint.put("/<resource_type>/<resource_id>")
+def update(resource_type: str, resource_id: str) -> Response:
+    if (problem := _known_type(resource_type)) is not None:
+        return problem
+    body = parse_body(request.get_data(), request.content_type)
+    result = _writer().write(WriteRequest("PUT", resource_type, resource_id, body,
+                                          if_match=request.headers.get("If-Match")), _origin())
+    return _write_response(result)
+
+
+@fhir_blueprint.put("/<resource_type>")
+def conditional_update(resource_type: str) -> Response:
+    if (problem := _known_type(resource_type)) is not None:
+        return problem
+    query = urlencode([(k, v) for k, v in request.args.items(multi=True) if k not in ("_format", "_pretty")])
+    if not query:
+        return outcome_response(400, "invalid", "a conditional update needs search parameters (PUT Type?param=value)")
+    body = parse_body(request.get_data(), request.content_type)
+    result = _writer().write(WriteRequest("PUT", resource_type, resource=body, conditional=query,
+                                          if_match=request.headers.get("If-Match")), _origin())
+    return _write_response(result)
+
+
+@fhir_blueprint.delete("/<resource_type>/<resource_id>")
+def delete(resource_type: str, resource_id: str) -> Response:
+    if (problem := _known_type(resource_type)) is not None:
+        return problem
+    result = _writer().write(WriteRequest("DELETE", resource_type, resource_id,
+                                          if_match=request.headers.get("If-Match")), _origin())
+    headers = {"ETag": result.etag} if result.etag else {}
+    if _prefer_return() == "OperationOutcome":
+        return fhir_response(_deleted_outcome(result), 200, headers)
+    return Response(status=204, headers=headers)
+
+
+@fhir_blueprint.post("/")
+@fhir_blueprint.post("")
+def bundle() -> Response:
+    body = parse_body(request.get_data(), request.content_type)
+    if body.get("resourceType") != "Bundle" or body.get("type") not in ("transaction", "batch"):
+        return outcome_response(400, "invalid", "POST to the base takes a Bundle of type transaction or batch",
+                                "Bundle.type")
+    writer = _writer()
+    answer = writer.transaction(body, _origin()) if body["type"] == "transaction" else writer.batch(body, _origin())
+    minimal = _prefer_return() == "minimal"
+    for entry in answer["entry"]:
+        if minimal:
+            entry.pop("resource", None)
+        location = entry.get("response", {}).get("location")
+        if location:
+            entry["fullUrl"] = f"{_base_url()}/{location.split('/_history/')[0]}"
+    return fhir_response(answer)
+
+
+def _prefer_return() -> str:
+    """``Prefer: return=minimal|representation|OperationOutcome`` (representation when absent)."""
+    for part in request.headers.get("Prefer", "").split(";"):
+        for item in part.split(","):
+            key, _, value = item.strip().partition("=")
+            if key == "return" and value in ("minimal", "representation", "OperationOutcome"):
+                return value
+    return "representation"
+
+
+def _write_response(result: WriteResult) -> Response:
+    headers = {"Location": f"{_base_url()}/{result.location}", "ETag": result.etag or "",
+               "Last-Modified": result.last_updated or ""}
+    wanted = _prefer_return()
+    if wanted == "minimal":
+        return Response(status=result.status, headers=headers)
+    if wanted == "OperationOutcome":
+        return fhir_response(result.outcome(), result.status, headers)
+    return fhir_response(result.resource, result.status, headers)
+
+
+def _deleted_outcome(result: WriteResult) -> dict:
+    return {"resourceType": "OperationOutcome", "issue": [{
+        "severity": "information", "code": "informational",
+        "diagnostics": f"{result.resource_type}/{result.resource_id} deleted"
+                       + (f" (version {result.version})" if result.version else " (it was already deleted)")}]}
 
 
 def _version_headers(resource: dict) -> dict:

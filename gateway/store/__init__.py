@@ -1,10 +1,10 @@
 """Resource storage: versioned FHIR resources, declared search indexes, the inbound message log."""
-from gateway.store.resources import (ResourceGone, ResourceNotFound, ResourceStore, SearchCriterion, SearchPage,
+from gateway.store.resources import (HistoryEntry, HistoryPage, ResourceGone, ResourceNotFound, ResourceStore, SearchCriterion, SearchPage,
                                      StoreError, StoreTransaction, VersionConflict, now_instant)
 from gateway.store.schema import make_engine
 from gateway.store.search import SearchError
 from gateway.store.search_parameters import SearchParameter, SearchParameterRegistry
 
-__all__ = ["ResourceStore", "StoreTransaction", "StoreError", "ResourceNotFound", "ResourceGone",
+__all__ = ["HistoryEntry", "HistoryPage", "ResourceStore", "StoreTransaction", "StoreError", "ResourceNotFound", "ResourceGone",
            "VersionConflict", "SearchCriterion", "SearchPage", "SearchError", "SearchParameter",
            "SearchParameterRegistry", "make_engine", "now_instant"]

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.store import schema
@@ -70,6 +70,20 @@ class SearchPage:
     next_cursor: str | None
 
 
+@dataclass
+class HistoryEntry:
+    resource: dict          # for a deletion: only resourceType, id and meta
+    method: str             # POST, PUT or DELETE
+    deleted: bool
+
+
+@dataclass
+class HistoryPage:
+    entries: list[HistoryEntry]
+    total: int
+    next_cursor: str | None
+
+
 class StoreTransaction:
     """Reads and writes inside one database transaction."""
 
@@ -113,11 +127,28 @@ class StoreTransaction:
             return self._write(dict(resource), 1, "PUT", insert_current=True)
         return self._write(dict(resource), row.version_id + 1, "PUT", insert_current=False)
 
-    def delete(self, resource_type: str, resource_id: str) -> int | None:
+    def current_version(self, resource_type: str, resource_id: str) -> tuple[int, bool] | None:
+        """(version, deleted) of a resource, None when the id was never used."""
+        row = self.conn.execute(select(schema.resources.c.version_id, schema.resources.c.deleted).where(
+            schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id)).first()
+        return None if row is None else (row.version_id, bool(row.deleted))
+
+    def find(self, resource_type: str, criteria: list["SearchCriterion"], limit: int = 2) -> list[dict]:
+        """Current resources matching search criteria, seen from inside this transaction (conditional writes)."""
+        from gateway.store.search import build_conditions
+        r = schema.resources
+        conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False),
+                      *build_conditions(self.store, resource_type, criteria)]
+        rows = self.conn.execute(select(r.c.content).where(*conditions).order_by(r.c.res_id).limit(limit)).all()
+        return [_load(row.content) for row in rows]
+
+    def delete(self, resource_type: str, resource_id: str, expected_version: str | None = None) -> int | None:
         """Soft delete: a history entry marked deleted; the indexes go. Returns the new version or None."""
         row = self.conn.execute(select(schema.resources.c.version_id, schema.resources.c.content,
                                        schema.resources.c.deleted).where(
             schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id)).first()
+        if expected_version is not None and (row is None or str(row.version_id) != str(expected_version)):
+            raise VersionConflict(f"{resource_type}/{resource_id} is not at version {expected_version}")
         if row is None or row.deleted:
             return None
         version = row.version_id + 1
@@ -231,6 +262,81 @@ class ResourceStore:
                             "meta": {"versionId": str(row.version_id), "lastUpdated": row.last_updated}}
             result.append((resource, row.method, row.deleted))
         return result
+
+    def history_page(self, resource_type: str | None = None, resource_id: str | None = None,
+                     since: str | None = None, count: int = 50, cursor: str | None = None) -> "HistoryPage":
+        """Versions newest first at system (no type), type or instance level, deletions included.
+
+        The cursor pins the newest ``last_updated`` seen by the first page, so versions written while
+        a client pages do not shift the pages it has not read yet.
+        """
+        v = schema.resource_versions
+        conditions = []
+        if resource_type is not None:
+            conditions.append(v.c.res_type == resource_type)
+        if resource_id is not None:
+            conditions.append(v.c.res_id == resource_id)
+        if since is not None:
+            conditions.append(v.c.last_updated > since)
+        offset, till = 0, None
+        if cursor:
+            till, _, offset_text = cursor.rpartition("|")
+            offset = int(offset_text) if offset_text.isdigit() else 0
+        with self.engine.connect() as conn:
+            if till is None:
+                till = conn.execute(select(func.max(v.c.last_updated)).where(*conditions)).scalar_one()
+            if till is None:
+                if resource_id is not None:
+                    raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+                return HistoryPage([], 0, None)
+            conditions.append(v.c.last_updated <= till)
+            total = conn.execute(select(func.count()).select_from(v).where(*conditions)).scalar_one()
+            rows = conn.execute(select(v.c.res_type, v.c.res_id, v.c.content, v.c.method, v.c.deleted,
+                                       v.c.version_id, v.c.last_updated).where(*conditions)
+                                .order_by(v.c.last_updated.desc(), v.c.res_type, v.c.res_id, v.c.version_id.desc())
+                                .offset(offset).limit(count)).all()
+        entries = []
+        for row in rows:
+            if row.deleted:
+                resource = {"resourceType": row.res_type, "id": row.res_id,
+                            "meta": {"versionId": str(row.version_id), "lastUpdated": row.last_updated}}
+            else:
+                resource = _load(row.content)
+            entries.append(HistoryEntry(resource, row.method, bool(row.deleted)))
+        next_offset = offset + len(rows)
+        return HistoryPage(entries, total, f"{till}|{next_offset}" if next_offset < total and rows else None)
+
+    def iter_current(self, resource_type: str, criteria_sets: list[list[SearchCriterion]] | None = None,
+                     since: str | None = None, patient_compartment: bool = False,
+                     page_size: int = 500) -> Iterator[bytes]:
+        """The stored JSON of every current resource of a type, a page at a time (keyset on id), so an
+        export of any size holds one page in memory. ``criteria_sets`` are ORed (``_typeFilter``);
+        ``patient_compartment`` keeps Patients and resources referencing a Patient."""
+        from gateway.store.search import build_conditions
+        r = schema.resources
+        base = [r.c.res_type == resource_type, r.c.deleted.is_(False)]
+        if since is not None:
+            base.append(r.c.last_updated > since)
+        if criteria_sets:
+            base.append(or_(*[and_(*build_conditions(self, resource_type, criteria)) if criteria else true()
+                              for criteria in criteria_sets]))
+        if patient_compartment and resource_type != "Patient":
+            ref = schema.idx_reference
+            base.append(r.c.res_id.in_(select(ref.c.res_id).where(
+                ref.c.res_type == resource_type, ref.c.target.like("Patient/%"))))
+        last_id = None
+        while True:
+            conditions = list(base)
+            if last_id is not None:
+                conditions.append(r.c.res_id > last_id)
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(r.c.res_id, r.c.content).where(*conditions)
+                                    .order_by(r.c.res_id).limit(page_size)).all()
+            for row in rows:
+                yield row.content
+            if len(rows) < page_size:
+                return
+            last_id = rows[-1].res_id
 
     def search(self, resource_type: str, criteria: list[SearchCriterion], count: int,
                cursor: str | None = None) -> SearchPage:
