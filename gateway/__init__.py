@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from gateway.fhir_api import fhir_blueprint
     from gateway.ingest.http import ingest_blueprint
+    from gateway.routing.admin import admin_blueprint
     from gateway.runtime import Gateway
     from gateway.web import register_common
 
@@ -28,4 +29,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_common(app)
     app.register_blueprint(ingest_blueprint)
     app.register_blueprint(fhir_blueprint, url_prefix="/fhir")
+    app.register_blueprint(admin_blueprint)          # /admin/deliveries (routing)
     return app

@@ -49,11 +49,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"MLLP listener on {host}:{listener.address[1]}", flush=True)
     print(f"Lecheng FHIR gateway on http://{host}:{port}  (FHIR base /fhir, HL7 v2 POST /hl7v2, "
           f"database {app.config['DATABASE_URL']})", flush=True)
+    workers = None
+    if not args.no_workers:             # routing: deliver the outbox from this process
+        from gateway.routing import make_workers
+        workers = make_workers(app.extensions["gateway"]).start()
     try:
         serve(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway")
     finally:
         if listener is not None:
             listener.stop()
+        if workers is not None:
+            workers.stop()
     return 0
 
 
@@ -129,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--threads", default=8)
     serve.add_argument("--mllp-port", type=int, help="also run the MLLP listener on this port (GATEWAY_MLLP_PORT)")
+    serve.add_argument("--no-workers", action="store_true",
+                       help="do not deliver routed resources from this process (run `fhir-gateway worker` instead)")
     serve.set_defaults(func=cmd_serve)
 
     mllp = sub.add_parser("mllp", help="run the MLLP listener (HL7 v2 over TCP)")
@@ -148,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.conformance_cli import add_conformance_parser
     add_conformance_parser(sub)
+    from gateway.routing.commands import add_routing_parsers
+    add_routing_parsers(sub)
     return parser
 
 

@@ -38,6 +38,12 @@ DEFAULTS: dict[str, Any] = {
     "PROFILE_STRICTNESS": "",
     "ROUTES_FILE": str(REPO_ROOT / "routes.yaml"),
     "REDIS_URL": "",
+    # routing delivery workers (gateway/routing): threads per process, outbox poll interval, and the
+    # Redis stream shared by worker processes when REDIS_URL is set
+    "DELIVERY_THREADS": 4,
+    "DELIVERY_POLL_MS": 500,
+    "DELIVERY_LEASE_SECONDS": 0,  # how long a worker holds a delivery; 0 = 2 x the longest timeout + 30 s
+    "REDIS_STREAM": "lecheng:deliveries",
     "MLLP_PORT": 0,  # 0 = MLLP listener not started by `serve`
     "DEFAULT_PAGE_SIZE": 50,
     "MAX_PAGE_SIZE": 1000,

@@ -9,6 +9,7 @@ from gateway.ingest.messagelog import MessageLog
 from gateway.ingest.pipeline import Hl7Pipeline
 from gateway.mapping.engine import MappingSet
 from gateway.mapping.terminology import Terminology
+from gateway.routing import Outbox, Router, Routes, load_routes
 from gateway.store import ResourceStore, SearchParameterRegistry, make_engine
 from gateway.validation import ProfileRegistry, Validator
 
@@ -29,6 +30,9 @@ class Gateway:
     terminology: Terminology
     validator: Validator
     pipeline: Hl7Pipeline
+    routes: Routes
+    router: Router        # its on_stored is every pipeline's hook: outbox rows in the store's transaction
+    outbox: Outbox
 
     @classmethod
     def from_config(cls, config: dict) -> "Gateway":
@@ -42,5 +46,9 @@ class Gateway:
         terminology = Terminology.load(config["MAPPINGS_DIR"])
         validator = Validator(ProfileRegistry.load(config["PROFILES_DIR"]),
                               strictness=parse_strictness(config["PROFILE_STRICTNESS"]))
-        pipeline = Hl7Pipeline(config, store, message_log, mappings, terminology, validator, zone)
-        return cls(config, zone, store, message_log, mappings, terminology, validator, pipeline)
+        routes = load_routes(config["ROUTES_FILE"])        # RoutesError (file:line) stops start-up
+        router = Router(routes)
+        pipeline = Hl7Pipeline(config, store, message_log, mappings, terminology, validator, zone,
+                               on_stored=router.on_stored)
+        return cls(config, zone, store, message_log, mappings, terminology, validator, pipeline,
+                   routes, router, Outbox(engine))

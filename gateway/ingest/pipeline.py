@@ -57,7 +57,7 @@ class Hl7Pipeline:
         self.terminology = terminology
         self.validator = validator
         self.zone = zone
-        self.on_stored = on_stored      # routing hook, called inside the write transaction
+        self.on_stored = on_stored      # routing hook, inside the write transaction; returns what it held
         self.accepted_processing_ids = {p.strip() for p in str(config["ACCEPT_PROCESSING_IDS"]).split(",") if p}
 
     def ingest(self, raw: bytes, transport: str = "http") -> IngestResult:
@@ -127,14 +127,15 @@ class Hl7Pipeline:
                 changed = [r for _m, r, action in written if action in ("create", "update")]
                 if changed:
                     tx.create(self._provenance(message, changed, source))
-                if self.on_stored is not None:
-                    self.on_stored(tx, written, message)
+                routed = self.on_stored(tx, written, message) if self.on_stored is not None else None
         except UpsertRejected as exc:
             errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in exc.result.problems]
             return self._finish(log_id, message, AckCode.AE, errors, warnings + exc.result.warnings, "error")
         warnings += outcome.warnings
         refs = [f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}" for _m, r, _a in written]
-        return self._finish(log_id, message, AckCode.AA, [], warnings, "processed", refs)
+        held = list(getattr(routed, "held", None) or [])     # a routing hold rule matched: stored, not delivered
+        warnings += [f"held for review, not delivered: {reason}" for reason in held]
+        return self._finish(log_id, message, AckCode.AA, [], warnings, "on-hold" if held else "processed", refs)
 
     def _check(self, mapped: MappedResource, resource: dict) -> tuple[list[UpsertProblem], list[str]]:
         """Validate a resource as it is about to be stored; conforming ones get meta.profile."""

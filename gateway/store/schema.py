@@ -4,8 +4,8 @@ SQLAlchemy Core so the same code runs on the embedded SQLite file and on Postgre
 """
 from __future__ import annotations
 
-from sqlalchemy import (Boolean, Column, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        create_engine, event)
+from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
+                        UniqueConstraint, create_engine, event)
 from sqlalchemy.engine import Engine
 
 metadata = MetaData()
@@ -99,3 +99,34 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
     metadata.create_all(engine)
     return engine
+
+
+# ---------------------------------------------------------------- routing outbox (gateway/routing)
+# Written in the same transaction as the resource versions they deliver, so a stored version always
+# has its deliveries. The table is the source of truth; Redis Streams (when configured) only carry ids.
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("destination", String(64), nullable=False),
+    Column("organization", String(255)),                   # receiving organization's facility code
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("action", String(10), nullable=False),          # create | update | delete
+    Column("rules", String(512), nullable=False),          # names of the rules that sent it here
+    Column("message_type", String(64)),
+    Column("sender", String(255)),
+    Column("status", String(10), nullable=False),          # pending | failed | delivered | dead | held
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("created_at", Float, nullable=False),           # epoch seconds
+    Column("next_attempt_at", Float, nullable=False),
+    Column("delivered_at", Float),
+    Column("lease_owner", String(128)),                    # relay / worker holding it until lease_until
+    Column("lease_until", Float),
+    UniqueConstraint("destination", "res_type", "res_id", "version_id", name="uq_deliveries_version"),
+    Index("ix_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_deliveries_resource", "destination", "res_type", "res_id", "version_id"),
+    Index("ix_deliveries_organization", "organization", "res_type", "status"),
+)

@@ -1,0 +1,36 @@
+"""Routing: rules (routes.yaml) -> outbox rows in the store's transaction -> delivery workers.
+
+    routes.py     routes.yaml: destinations and rules, checked at start-up (file:line errors)
+    router.py     Router.on_stored: the pipelines' hook; writes deliveries (or holds) in the same transaction
+    outbox.py     the deliveries table: leasing, outcomes, listing, replay; routed_resource_ids()
+    client.py     HTTP to a destination (resource PUT / transaction / message Bundle; bearer or OAuth2)
+    delivery.py   one attempt: backoff with jitter, Retry-After, dead letters
+    workers.py    in-process worker threads;  streams.py: Redis Streams relay and consumers
+    admin.py      GET /admin/deliveries, POST /admin/deliveries/<id>/replay
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.routing.outbox import Outbox, ReplayRefused, routed_resource_ids, routed_resource_ids_query
+from gateway.routing.router import Router, RoutingOutcome
+from gateway.routing.routes import Routes, RoutesError, load_routes
+
+__all__ = ["Router", "RoutingOutcome", "Routes", "RoutesError", "load_routes", "Outbox", "ReplayRefused",
+           "routed_resource_ids", "routed_resource_ids_query", "make_workers"]
+
+
+def make_workers(gateway: Any, threads: int | None = None):
+    """Delivery workers for a :class:`gateway.runtime.Gateway`: Redis Streams consumers when
+    ``REDIS_URL`` is set, else threads in this process. Not started: call ``.start()``."""
+    from gateway.routing.delivery import Deliverer
+    config = gateway.config
+    deliverer = Deliverer(gateway.store.engine, gateway.routes, config.get("BASE_URL") or "",
+                          float(config["DELIVERY_LEASE_SECONDS"]))
+    threads = int(threads or config["DELIVERY_THREADS"])
+    poll = int(config["DELIVERY_POLL_MS"]) / 1000.0
+    if config.get("REDIS_URL"):
+        from gateway.routing.streams import StreamWorkers
+        return StreamWorkers(deliverer, config["REDIS_URL"], threads, poll, stream=config["REDIS_STREAM"])
+    from gateway.routing.workers import InProcessWorkers
+    return InProcessWorkers(deliverer, threads, poll)

@@ -1,0 +1,87 @@
+"""``fhir-gateway worker``, ``fhir-gateway deliveries list|replay`` and ``fhir-gateway demo``."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from gateway.config import load_config
+
+
+def _gateway(args: argparse.Namespace):
+    from gateway.runtime import Gateway
+    overrides = {"DATA_DIR": args.data_dir} if getattr(args, "data_dir", None) else {}
+    return Gateway.from_config(load_config(overrides))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run delivery workers alone (no HTTP): threads here, or a Redis Streams consumer group member."""
+    from gateway.routing import make_workers
+    gateway = _gateway(args)
+    workers = make_workers(gateway, args.threads).start()
+    mode = f"Redis Streams ({gateway.config['REDIS_URL']})" if gateway.config.get("REDIS_URL") else "in-process"
+    print(f"delivery worker: {workers.threads} thread(s), {mode}, routes {gateway.routes.source}", flush=True)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    stopping.wait()
+    workers.stop()
+    return 0
+
+
+def cmd_deliveries_list(args: argparse.Namespace) -> int:
+    outbox = _gateway(args).outbox
+    shown = 0
+    print(f"{'id':>7}  {'status':9} {'destination':22} {'resource':58} {'tries':>5}  last error")
+    for delivery in outbox.iterate(args.status, args.destination):
+        resource = f"{delivery.res_type}/{delivery.res_id}/_history/{delivery.version_id}"
+        error = (delivery.last_error or "")[:100]
+        print(f"{delivery.id:>7}  {delivery.status:9} {delivery.destination:22} {resource:58} "
+              f"{delivery.attempts:>5}  {error}")
+        shown += 1
+        if args.limit and shown >= args.limit:
+            break
+    counts = outbox.counts()
+    print("total: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no deliveries"))
+    return 0
+
+
+def cmd_deliveries_replay(args: argparse.Namespace) -> int:
+    from gateway.routing import ReplayRefused
+    outbox = _gateway(args).outbox
+    failed = False
+    ids = list(args.ids)
+    if args.all_dead:
+        ids += [d.id for d in outbox.iterate("dead", args.destination)]
+    for delivery_id in ids:
+        try:
+            delivery = outbox.replay(int(delivery_id))
+            print(f"delivery {delivery.id} ({delivery.res_type}/{delivery.res_id}/_history/{delivery.version_id} "
+                  f"to {delivery.destination}) queued again")
+        except KeyError:
+            print(f"error: delivery {delivery_id} is not known", file=sys.stderr)
+            failed = True
+        except ReplayRefused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+def add_routing_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
+    worker = sub.add_parser("worker", help="run delivery workers only (Redis Streams when GATEWAY_REDIS_URL is set)")
+    worker.add_argument("--threads", type=int, help="worker threads (GATEWAY_DELIVERY_THREADS, default 4)")
+    worker.set_defaults(func=cmd_worker)
+
+    deliveries = sub.add_parser("deliveries", help="list or replay routed deliveries")
+    actions = deliveries.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="deliveries, oldest first")
+    listing.add_argument("--status", choices=["pending", "failed", "delivered", "dead", "held"])
+    listing.add_argument("--destination")
+    listing.add_argument("--limit", type=int, default=200, help="at most this many rows (0: all)")
+    listing.set_defaults(func=cmd_deliveries_list)
+    replay = actions.add_parser("replay", help="queue dead, failed or held deliveries again")
+    replay.add_argument("ids", nargs="*", type=int)
+    replay.add_argument("--all-dead", action="store_true", help="every dead delivery (of --destination)")
+    replay.add_argument("--destination")
+    replay.set_defaults(func=cmd_deliveries_replay)
