@@ -190,23 +190,15 @@ class Segment:
             return [[[raw]]]
         r = self._rules
         rep_sep, comp_sep, sub_sep, esc = r.repetition, r.component, r.subcomponent, r.escape
-        reps = raw.split(rep_sep) if rep_sep else [raw]
-        out: list[list[list[str]]] = []
-        any_value = False
-        for rep in reps:
-            comps = []
-            for comp in (rep.split(comp_sep) if comp_sep else [rep]):
-                subs = []
-                for leaf in (comp.split(sub_sep) if sub_sep else [comp]):
-                    leaf = leaf.rstrip(" ")
-                    if esc and esc in leaf:
-                        leaf = r.unescape(leaf)
-                    if leaf:
-                        any_value = True
-                    subs.append(leaf)
-                comps.append(subs)
-            out.append(comps)
-        return out if any_value else []
+        if rep_sep and comp_sep and (not sub_sep or sub_sep not in raw) and (not esc or esc not in raw):
+            # the common case (no sub-components, no escapes): two C-level splits. A field holds a
+            # value when some character is neither a separator nor a blank.
+            if not raw.strip(" " + rep_sep + comp_sep):
+                return []
+            if " " in raw:
+                return [[[c.rstrip(" ")] for c in rep.split(comp_sep)] for rep in raw.split(rep_sep)]
+            return [[[c] for c in rep.split(comp_sep)] for rep in raw.split(rep_sep)]
+        return _field_parts(raw, r)
 
     def get(self, path: str) -> str | None:
         """Value at a path relative to this segment: ``'3(2).4.1'``, ``'3.4'`` or ``'PID-3.4'``."""
@@ -228,6 +220,28 @@ class Segment:
 
     def __repr__(self) -> str:
         return f"<Segment {self.name} #{self.index}: {self._line[:40]!r}>"
+
+
+def _field_parts(raw: str, r: EscapeRules) -> list[list[list[str]]]:
+    """A field split leaf by leaf (any delimiters, sub-components, escapes); [] when it holds no value."""
+    rep_sep, comp_sep, sub_sep, esc = r.repetition, r.component, r.subcomponent, r.escape
+    reps = raw.split(rep_sep) if rep_sep else [raw]
+    out: list[list[list[str]]] = []
+    any_value = False
+    for rep in reps:
+        comps = []
+        for comp in (rep.split(comp_sep) if comp_sep else [rep]):
+            subs = []
+            for leaf in (comp.split(sub_sep) if sub_sep else [comp]):
+                leaf = leaf.rstrip(" ")
+                if esc and esc in leaf:
+                    leaf = r.unescape(leaf)
+                if leaf:
+                    any_value = True
+                subs.append(leaf)
+            comps.append(subs)
+        out.append(comps)
+    return out if any_value else []
 
 
 class Hl7Message:

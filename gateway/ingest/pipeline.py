@@ -133,6 +133,9 @@ class Hl7Pipeline:
             return self._finish(log_id, message, AckCode.AE, errors, warnings + exc.result.warnings, "error")
         warnings += outcome.warnings
         refs = [f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}" for _m, r, _a in written]
+        if outcome.unresolved:   # stored, but a reference names nothing stored yet (a dispense before its order)
+            errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in outcome.unresolved]
+            return self._finish(log_id, message, AckCode.AE, errors, warnings, "processed", refs)
         held = list(getattr(routed, "held", None) or [])     # a routing hold rule matched: stored, not delivered
         warnings += [f"held for review, not delivered: {reason}" for reason in held]
         return self._finish(log_id, message, AckCode.AA, [], warnings, "on-hold" if held else "processed", refs)

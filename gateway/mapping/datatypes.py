@@ -581,11 +581,13 @@ def pilot_zone_approval(ctx, segment) -> dict | None:
 
 
 @converter("identifier_reference")
-def identifier_reference(ctx, field: Field, type: str = "PLAC", kind: str = "") -> dict | None:
-    """An EI pointing at another resource -> a logical Reference (``{"identifier": ...}``); the store
-    turns it into a literal reference when it knows the target."""
+def identifier_reference(ctx, field: Field, type: str = "PLAC", kind: str = "", target: str = "") -> dict | None:
+    """An EI pointing at another resource -> a logical Reference (``{"identifier": ...}``, with the
+    ``target`` resource type); the store turns it into a literal reference when it knows the target."""
     ident = entity_identifier(ctx, field, type=type, kind=kind)
-    return {"identifier": ident} if ident else None
+    if not ident:
+        return None
+    return {"type": target, "identifier": ident} if target else {"identifier": ident}
 
 
 @converter("encounter_class")
@@ -595,3 +597,241 @@ def encounter_class(ctx, field: Field) -> dict | None:
     if not code_value:
         return None
     return {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code_value}
+
+
+# ---------------------------------------------------------------- coded values through tables.yaml
+
+def _table_coding(ctx, table_name: str, code_value: str) -> dict | None:
+    """A code through ``tables.yaml``: the row is a FHIR Coding (``{system, code, display}``) or a code."""
+    row = ctx.terminology.translate(table_name, code_value)
+    if row is None:
+        return None
+    return dict(row) if isinstance(row, dict) else {"code": row}
+
+
+def _v2_coding(ctx, table_number: str, code_value: str) -> dict:
+    """The original HL7 table code, kept as a coding of ``v2-nnnn`` (display from ``tables.yaml``)."""
+    display = ctx.terminology.translate(f"{table_number}-display", code_value)
+    return _compact({"system": ctx.terminology.coding_system(f"HL7{table_number}")[0], "code": code_value,
+                     "display": display})
+
+
+@converter("codings")
+def codings(ctx, field: Field) -> list | None:
+    """Every coding of a CWE (both triplets, every repetition): for one concept coded twice (PEO-1, PEO-2)."""
+    found = []
+    for rep in reps(field):
+        concept = cwe_concept(ctx, rep)
+        found.extend((concept or {}).get("coding") or [])
+    return found or None
+
+
+@converter("table_concept")
+def table_concept(ctx, field: Field, table: str, original: str | None = None) -> dict | None:
+    """An ID/IS code -> CodeableConcept: the FHIR coding from ``tables.yaml`` table ``table`` and, with
+    ``original``, the v2 code itself as a second coding. A code the table lacks is an error (103)."""
+    raw = string(ctx, field)
+    if raw is None:
+        return None
+    translated = _table_coding(ctx, table, raw)
+    known = translated is not None or (original and ctx.terminology.translate(f"{original}-display", raw))
+    if not known:
+        ctx.error(f"'{raw}' is not a known value of HL7 table {original or table}", code="103")
+        return None
+    found = [translated] if translated else []
+    if original:
+        found.append(_v2_coding(ctx, original, raw))
+    return {"coding": found}
+
+
+@converter("v2_table_extension")
+def v2_table_extension(ctx, field: Field, url: str, table: str) -> dict | None:
+    """An HL7 table code (PCR-21, table 0251) as an extension carrying the v2 coding."""
+    raw = string(ctx, field)
+    if raw is None:
+        return None
+    if ctx.terminology.translate(f"{table}-display", raw) is None:
+        ctx.error(f"'{raw}' is not a known value of HL7 table {table}", code="103")
+        return None
+    return {"url": url.format(base=ctx.terminology.canonical_base),
+            "valueCodeableConcept": {"coding": [_v2_coding(ctx, table, raw)]}}
+
+
+@converter("flag_extension")
+def flag_extension(ctx, field: Field, url: str) -> dict | None:
+    """Y/N (HL7 tables 0136, 0239) -> a boolean extension; U (unknown) says nothing."""
+    raw = string(ctx, field)
+    if raw is None or raw.upper() == "U":
+        return None
+    if raw.upper() not in ("Y", "N"):
+        ctx.error(f"'{raw}' is not Y, N or U", code="103")
+        return None
+    return {"url": url.format(base=ctx.terminology.canonical_base), "valueBoolean": raw.upper() == "Y"}
+
+
+# ---------------------------------------------------------------- adverse events (PEX^P07)
+
+@converter("adverse_event_identifier")
+def adverse_event_identifier(ctx, report: Field | None, observation=None) -> dict | None:
+    """PES-5 (sender event identifier) -> AdverseEvent.identifier (0..1 in R4). One AdverseEvent is made
+    per PEO; the first PEO of a report keeps the number as sent, a further one gets ``/<n>``
+    (its place in the report), so every event has its own stable key and a resent report updates them."""
+    ident = entity_identifier(ctx, report, kind="AE")
+    if ident is None or observation is None:
+        return ident
+    ordinal = 0
+    for seg in ctx.message.segments:
+        if seg.name == "PES":
+            ordinal = 0
+        elif seg.name == "PEO":
+            ordinal += 1
+        if seg is observation:
+            break
+    if ordinal > 1:
+        ident["value"] = f"{ident['value']}/{ordinal}"
+    return ident
+
+
+@converter("adverse_event_outcome")
+def adverse_event_outcome(ctx, event_outcome: Field | None = None, patient_outcome: Field | None = None) -> dict | None:
+    """PEO-12 patient outcome (table 0241), else PEO-11 event consequence (table 0240) -> the R4
+    adverse-event-outcome code; both original codes are kept as further codings. When neither says
+    how the patient is (a consequence like H, hospitalised), the outcome is ``unknown``."""
+    patient_code = string(ctx, patient_outcome) if patient_outcome else None
+    event_code = string(ctx, event_outcome) if event_outcome else None
+    if patient_code is None and event_code is None:
+        return None
+    translated = None
+    for table_number, code_value, name in (("0241", patient_code, "patient_outcome"),
+                                           ("0240", event_code, "event_outcome")):
+        if code_value is None:
+            continue
+        if ctx.terminology.translate(f"{table_number}-display", code_value) is None:
+            ctx.error(f"'{code_value}' is not a known value of HL7 table {table_number}", code="103", field_name=name)
+            return None
+        translated = translated or _table_coding(ctx, table_number, code_value)
+    found = [translated or _table_coding(ctx, "0241", "U")]
+    if patient_code:
+        found.append(_v2_coding(ctx, "0241", patient_code))
+    if event_code:
+        found.append(_v2_coding(ctx, "0240", event_code))
+    return {"coding": found}
+
+
+@converter("narrative")
+def narrative(ctx, labels: dict, **parts: Field | None) -> dict | None:
+    """Free-text descriptions (PES-7, PEO-13..17) -> Narrative, one labelled paragraph each; the status
+    is ``additional`` because the text says more than the coded elements."""
+    from html import escape
+    paragraphs = []
+    for name, label in labels.items():
+        words = text(ctx, parts.get(name)) if parts.get(name) else None
+        if words:
+            body = "<br/>".join(escape(line, quote=False) for line in words.split("\n"))
+            paragraphs.append(f"<p><b>{escape(label, quote=False)}</b>: {body}</p>")
+    if not paragraphs:
+        return None
+    return {"status": "additional", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{"".join(paragraphs)}</div>'}
+
+
+@converter("product_identifier")
+def product_identifier(ctx, product: Field | None, lot: Field | None = None, kind: str = "medication") -> list | None:
+    """A product named in a report (PCR-1) and its lot (PCR-12) -> an identifier, so one product lot is
+    one Medication (or Device) whichever report names it: system ``{base}/sid/<kind>-lot/<coding
+    system>``, value ``<code>:<lot>`` (just ``<code>`` without a lot)."""
+    rep = first_rep(product)
+    if not rep or not comp(rep, 1):
+        return None
+    coding_system = comp(rep, 3) or ctx.message.sending_application
+    lot_value = string(ctx, lot) if lot else None
+    value = f"{comp(rep, 1)}:{lot_value}" if lot_value else comp(rep, 1)
+    return [{"system": f"{ctx.terminology.canonical_base}/sid/{kind}-lot/{coding_system}", "value": value}]
+
+
+# ---------------------------------------------------------------- devices (PRT, OBX-18)
+
+GS1_ISSUER = "http://hl7.org/fhir/NamingSystem/gs1-di"
+
+
+@converter("device_identifiers")
+def device_identifiers(ctx, field: Field) -> list | None:
+    """A hospital's device number (PRT-10, OBX-18; EI) -> ``{base}/sid/device/<assigning authority>``.
+    The authority is EI-2, else EI-3; without one it is the sending facility's own number (MSH-4)."""
+    result = []
+    for rep in reps(field):
+        value = comp(rep, 1)
+        if not value:
+            continue
+        authority = comp(rep, 2) or comp(rep, 3)
+        if not authority:
+            authority = ctx.message.sending_facility
+            ctx.warn(f"device id '{value}' has no assigning authority; read as the sending facility's "
+                     f"({authority}) own number")
+        result.append({"system": f"{ctx.terminology.canonical_base}/sid/device/{authority}", "value": value})
+    return result or None
+
+
+@converter("udi_serial_identifier")
+def udi_serial_identifier(ctx, di: Field | None, serial: Field | None) -> list | None:
+    """The device identity contract: a device with a UDI DI and a serial number is identified by
+    ``{base}/sid/device-udi-serial`` ``<DI>:<serial>`` (the CSV device register uses the same)."""
+    di_value = string(ctx, di) if di else None
+    serial_value = string(ctx, serial) if serial else None
+    if not (di_value and serial_value):
+        return None
+    return [{"system": f"{ctx.terminology.canonical_base}/sid/device-udi-serial", "value": f"{di_value}:{serial_value}"}]
+
+
+def _udi_issuer(ctx, rep: list) -> str | None:
+    namespace, universal, universal_type = comp(rep, 2), comp(rep, 3), comp(rep, 4)
+    if universal and universal_type.upper() in ("ISO", "OID"):
+        # a known issuing agency (GS1 2.51.1.1, HIBCC, ICCBBA) by its OID in code_systems.yaml
+        return ctx.terminology.coding_systems.get(universal) or f"urn:oid:{universal}"
+    if universal:
+        return universal
+    if namespace:
+        return ctx.terminology.coding_system(namespace)[0]
+    return None
+
+
+def _yymmdd(value: str | None) -> str:
+    return value[2:4] + value[5:7] + value[8:10] if value and len(value) >= 10 else ""
+
+
+@converter("udi_carrier")
+def udi_carrier(ctx, di: Field | None, manufactured: Field | None = None, expires: Field | None = None,
+                lot: Field | None = None, serial: Field | None = None, jurisdiction: str | None = None) -> list | None:
+    """PRT-16 (UDI DI, EI with the issuing agency as OID) -> Device.udiCarrier. For a GS1 DI the
+    human-readable form is built from the application identifiers (01) DI, (11) made, (17) expires,
+    (10) lot, (21) serial."""
+    rep = first_rep(di)
+    if not rep or not comp(rep, 1):
+        return None
+    issuer = _udi_issuer(ctx, rep)
+    carrier: dict[str, Any] = {"deviceIdentifier": comp(rep, 1), "issuer": issuer, "jurisdiction": jurisdiction}
+    if issuer == GS1_ISSUER:
+        made, until = date(ctx, manufactured) if manufactured else None, date(ctx, expires) if expires else None
+        lot_value, serial_value = (string(ctx, lot) if lot else None), (string(ctx, serial) if serial else None)
+        carrier["carrierHRF"] = "".join(part for part in (
+            f"(01){comp(rep, 1)}", f"(11){_yymmdd(made)}" if _yymmdd(made) else "",
+            f"(17){_yymmdd(until)}" if _yymmdd(until) else "", f"(10){lot_value}" if lot_value else "",
+            f"(21){serial_value}" if serial_value else ""))
+    return [_compact(carrier)]
+
+
+# ---------------------------------------------------------------- results (OBX)
+
+@converter("observation_identifier")
+def observation_identifier(ctx, placer: Field | None = None, filler: Field | None = None, set_id: Field | None = None,
+                           sub_id: Field | None = None, kind: str = "OBS") -> list | None:
+    """An OBX has no number of its own before v2.8's OBX-21: the order's number (OBR-3 filler, else
+    OBR-2 placer) with the OBX set id (and sub id) makes one, so a corrected result updates the same
+    Observation."""
+    order = filler if first_rep(filler) else placer
+    ident = entity_identifier(ctx, order, kind=kind, quiet=True) if order else None
+    number = string(ctx, set_id) if set_id else None
+    if ident is None or number is None:
+        return None
+    sub = string(ctx, sub_id) if sub_id else None
+    ident["value"] = f"{ident['value']}-{number}" + (f"-{sub}" if sub else "")
+    return [ident]

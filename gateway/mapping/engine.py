@@ -14,6 +14,11 @@ Element rows::
     doseAndRate:         {fields: {minimum: RXE-3, unit: RXE-5}, as: dose_and_rate}
     intent:              {value: order}
     subject:             {ref: patient}                          # another resource of this mapping
+    suspectEntity[]:     {for_each: cause, elements: {...}}      # one item per `cause` group inside this one
+
+Segments are looked up in the resource's own group, then in the groups that enclose it (a PEO
+group inside its PES group), then in the whole message. A ``ref`` names the resource of that key
+made for an overlapping group (the Medication of the same PCR), else the message-level one.
 
 The engine refuses to emit empty elements and resources without their ``required`` elements, gives
 every resource a temporary ``urn:uuid:`` id (the store replaces it), merges resources of one
@@ -86,6 +91,8 @@ class ElementRule:
     value: Any = None
     ref: str | None = None
     when: dict | None = None
+    for_each: str | None = None          # nested rows: one item per group of this name inside the scope
+    children: list["ElementRule"] = field(default_factory=list)
     func: Any = None          # the converter, resolved once when the file is loaded
     location: str = ""        # 'MedicationRequest.authoredOn', for warnings and errors
 
@@ -100,6 +107,7 @@ class ResourceSpec:
     identity: dict[str, Any]
     lifecycle: dict[str, Any]
     elements: list[ElementRule]
+    when: dict | None = None             # the resource is made only when this condition holds
 
 
 @dataclass
@@ -152,7 +160,7 @@ class MappedMessage:
 
 class MapContext:
     """What a converter may use: terminology, the time zone, the message, and where to report."""
-    __slots__ = ("terminology", "zone", "message", "warnings", "errors", "location", "source")
+    __slots__ = ("terminology", "zone", "message", "warnings", "errors", "location", "source", "named_sources")
 
     def __init__(self, terminology: Terminology, zone: ZoneInfo | None, message: Hl7Message):
         self.terminology = terminology
@@ -162,12 +170,14 @@ class MapContext:
         self.errors: list[Hl7Error] = []
         self.location = ""
         self.source: SourceLocation | None = None
+        self.named_sources: dict[str, SourceLocation] = {}   # a ``fields:`` row: where each named field is
 
     def warn(self, text: str) -> None:
         self.warnings.append(f"{self.location}: {text}" if self.location else text)
 
-    def error(self, text: str, code: str = "207") -> None:
-        src = self.source
+    def error(self, text: str, code: str = "207", field_name: str | None = None) -> None:
+        """An error at the field being read (of a ``fields:`` row: at the one called ``field_name``)."""
+        src = self.named_sources.get(field_name, self.source) if field_name else self.source
         self.errors.append(Hl7Error(
             text=f"{self.location}: {text}" if self.location else text,
             segment=src.segment if src else None, sequence=src.sequence if src else None,
@@ -206,23 +216,28 @@ class MappingSpec:
             rwhere = f"{where}: resource '{spec.get('key')}'"
             if spec.get("for_each") and spec["for_each"] not in groups:
                 raise MappingError(f"{rwhere}: for_each names unknown group '{spec['for_each']}'")
-            elements = []
-            for path, rule in (spec.get("elements") or {}).items():
-                # a list: for 'x[]' every row appends; for a single element the first row with a value wins
-                rules = rule if isinstance(rule, list) else [rule]
-                elements.extend(cls._element(path, r, f"{rwhere}, element '{path}'", keys) for r in rules)
-            for element in elements:
-                element.location = f"{spec['type']}.{element.text_path}"
+            elements = cls._elements(spec.get("elements") or {}, rwhere, keys, set(groups), spec["type"])
             resources.append(ResourceSpec(
                 key=spec["key"], type=spec["type"], for_each=spec.get("for_each"),
                 present=list(spec.get("present") or []), required=list(spec.get("required") or []),
                 identity=dict(spec.get("identity") or {}), lifecycle=dict(spec.get("lifecycle") or {}),
-                elements=elements))
+                elements=elements, when=spec.get("when")))
         return cls(data.get("name", where), data.get("source", "hl7v2"), list(data.get("message_types") or []),
                    groups, resources, data.get("description", ""), data)
 
-    @staticmethod
-    def _element(path: str, rule: Any, where: str, keys: set) -> ElementRule:
+    @classmethod
+    def _elements(cls, rows: dict, where: str, keys: set, groups: set, prefix: str) -> list[ElementRule]:
+        elements = []
+        for path, rule in rows.items():
+            # a list: for 'x[]' every row appends; for a single element the first row with a value wins
+            rules = rule if isinstance(rule, list) else [rule]
+            elements.extend(cls._element(path, r, f"{where}, element '{path}'", keys, groups, prefix)
+                            for r in rules)
+        return elements
+
+    @classmethod
+    def _element(cls, path: str, rule: Any, where: str, keys: set, groups: set | None = None,
+                 prefix: str = "") -> ElementRule:
         append = path.endswith("[]")
         tokens = []
         for token in (path[:-2] if append else path).split("."):
@@ -235,7 +250,15 @@ class MappingSpec:
             rule = {"value": rule}
         element = ElementRule(path=tokens, append=append, text_path=path.rstrip("[]"),
                               converter=rule.get("as"), args=dict(rule.get("args") or {}),
-                              value=rule.get("value"), ref=rule.get("ref"), when=rule.get("when"))
+                              value=rule.get("value"), ref=rule.get("ref"), when=rule.get("when"),
+                              for_each=rule.get("for_each"))
+        element.location = f"{prefix}.{element.text_path}" if prefix else element.text_path
+        if element.for_each is not None:
+            if element.for_each not in (groups or ()):
+                raise MappingError(f"{where}: for_each names unknown group '{element.for_each}'")
+            if not isinstance(rule.get("elements"), dict):
+                raise MappingError(f"{where}: a for_each row needs 'elements'")
+            element.children = cls._elements(rule["elements"], where, keys, groups or set(), element.location)
         sources = rule.get("from")
         if sources is not None:
             element.sources = [FieldRef.parse(s, where) for s in (sources if isinstance(sources, list) else [sources])]
@@ -247,7 +270,7 @@ class MappingSpec:
         element.func = CONVERTERS[element.converter or "string"]
         if element.ref and element.ref not in keys:
             raise MappingError(f"{where}: ref names unknown resource '{element.ref}'")
-        if not (element.sources or element.named_sources or element.ref or "value" in rule):
+        if not (element.sources or element.named_sources or element.ref or element.children or "value" in rule):
             raise MappingError(f"{where}: needs 'from', 'fields', 'ref' or 'value'")
         return element
 
@@ -259,30 +282,33 @@ class MappingSpec:
 
     def _collect_segments_read(self) -> set[str]:
         names = {g["start"] for g in self.groups.values()}
-        for spec in self.resources:
-            names.update(spec.present)
-            for rule in spec.elements:
+
+        def rows(rules: list[ElementRule]) -> None:
+            for rule in rules:
                 names.update(ref.segment for ref in rule.sources)
                 names.update(ref.segment for ref in rule.named_sources.values())
-                if rule.when:
-                    names.update(v for k, v in rule.when.items() if k in ("present", "absent"))
+                names.update(_condition_segments(rule.when))
+                rows(rule.children)
+
+        for spec in self.resources:
+            names.update(spec.present)
+            names.update(_condition_segments(spec.when))
+            rows(spec.elements)
         return names
 
     # ------------------------------------------------------------------ running
 
     def run(self, message: Hl7Message, terminology: Terminology, zone: ZoneInfo | None) -> MappedMessage:
         ctx = MapContext(terminology, zone, message)
-        message_level = message.segments
-        message_wide = first_by_name(message_level)
+        message_wide = first_by_name(message.segments)
         produced: list[MappedResource] = []
         by_identity: dict[tuple[str, str, str], MappedResource] = {}
-        scope_keys: dict[tuple[int, str], str] = {}       # (group index, key) -> temp id
-        group_cache = {name: message.groups(g["start"], g["members"]) for name, g in self.groups.items()}
+        made: dict[str, list[tuple[frozenset | None, str]]] = {}     # key -> (scope segment ids, temp id)
+        groups = _Groups(message, self.groups)
         for spec in self.resources:
-            scopes = [(i, grp) for i, grp in enumerate(group_cache[spec.for_each])] if spec.for_each \
-                else [(-1, message_level)]
-            for index, segments in scopes:
-                mapped = self._make(spec, ctx, segments, message_wide, index, scope_keys)
+            scopes = groups.scopes(spec.for_each) if spec.for_each else [_MESSAGE_SCOPE]
+            for scope in scopes:
+                mapped = self._make(spec, ctx, scope, message_wide, groups, made)
                 if mapped is None:
                     continue
                 # a resource sharing an identifier with one already made is that resource (two orders
@@ -291,49 +317,33 @@ class MappingSpec:
                              if (mapped.type, *token) in by_identity), None)
                 if twin is not None:
                     _absorb(twin, mapped)
-                    scope_keys[(index, spec.key)] = twin.temp_id
+                    made.setdefault(spec.key, []).append((scope.ids, twin.temp_id))
                     continue
                 for token in mapped.identity:
                     by_identity[(mapped.type, *token)] = mapped
-                scope_keys[(index, spec.key)] = mapped.temp_id
+                made.setdefault(spec.key, []).append((scope.ids, mapped.temp_id))
                 produced.append(mapped)
         return MappedMessage(self.name, produced, ctx.warnings, ctx.errors)
 
-    def _make(self, spec: ResourceSpec, ctx: MapContext, segments: list[Segment], message_wide: dict[str, Segment],
-              group_index: int, scope_keys: dict) -> MappedResource | None:
-        local = first_by_name(segments) if group_index >= 0 else message_wide
-
-        def lookup(name: str) -> Segment | None:
-            return local.get(name) or message_wide.get(name)
-
+    def _make(self, spec: ResourceSpec, ctx: MapContext, scope: "_Scope", message_wide: dict[str, Segment],
+              groups: "_Groups", made: dict) -> MappedResource | None:
+        lookup = scope.lookup_function(message_wide)
         if any(lookup(name) is None for name in spec.present):
+            return None
+        if spec.when and not _condition(spec.when, lookup):
             return None
         resource: dict[str, Any] = {"resourceType": spec.type}
         mapped = MappedResource(key=spec.key, type=spec.type, resource=resource,
                                 temp_id=f"urn:uuid:{uuid.uuid4()}", identity=[], lifecycle=spec.lifecycle)
-        filled: set[str] = set()
-        for rule in spec.elements:
-            if not rule.append and rule.text_path in filled:
-                continue
-            if rule.when and not _condition(rule.when, lookup):
-                continue
-            ctx.location = rule.location
-            value, source, is_null = self._element_value(rule, ctx, lookup, group_index, scope_keys)
-            if is_null:
-                mapped.deletions.append(rule.text_path)
-                continue
-            if value is None or value == [] or value == {}:
-                continue
-            _set_path(resource, rule.path, value, rule.append)
-            filled.add(rule.text_path)
-            if source is not None:
-                mapped.sources.setdefault(rule.text_path, source)
+        self._fill(resource, spec.elements, ctx, lookup, scope, groups, made, mapped, "")
         ctx.location = ""
         content = set(resource) - {"resourceType"}
         if not content or any(req not in resource for req in spec.required):
             return None
         identity_element = spec.identity.get("element", "identifier")
         identifiers = resource.get(identity_element) or []
+        if isinstance(identifiers, dict):          # a single Identifier (AdverseEvent.identifier in R4)
+            identifiers = [identifiers]
         key_types = set(spec.identity.get("types") or ())
         mapped.identity = [(i["system"], i["value"]) for i in identifiers if i.get("system") and i.get("value")
                            and (not key_types or _type_code(i) in key_types)]
@@ -342,17 +352,55 @@ class MappingSpec:
             mapped.identity = _preferred_identity(identifiers, spec.identity)
         lifecycle = spec.lifecycle
         without = lifecycle.get("status_only_without")
-        if without and all(lookup(name) is None for name in ([without] if isinstance(without, str) else without)):
+        if lifecycle.get("status_only") is True or (without and all(
+                lookup(name) is None for name in ([without] if isinstance(without, str) else without))):
             mapped.status_only = True
         if lifecycle.get("create_only_when") and _condition(lifecycle["create_only_when"], lookup):
             mapped.create_only = True
         return mapped
 
-    def _element_value(self, rule: ElementRule, ctx: MapContext, lookup, group_index: int,
-                       scope_keys: dict) -> tuple[Any, SourceLocation | None, bool]:
+    def _fill(self, target: dict, rules: list[ElementRule], ctx: MapContext, lookup, scope: "_Scope",
+              groups: "_Groups", made: dict, mapped: MappedResource, prefix: str) -> None:
+        """Fill ``target`` from ``rules``; ``prefix`` is the path of ``target`` inside the resource."""
+        filled: set[str] = set()
+        for rule in rules:
+            if not rule.append and rule.text_path in filled:
+                continue
+            if rule.when and not _condition(rule.when, lookup):
+                continue
+            ctx.location = rule.location
+            value, source, is_null = self._element_value(rule, ctx, lookup, scope, groups, made, mapped, prefix)
+            if is_null:
+                if not prefix:
+                    mapped.deletions.append(rule.text_path)
+                continue
+            if value is None or value == [] or value == {}:
+                continue
+            _set_path(target, rule.path, value, rule.append)
+            filled.add(rule.text_path)
+            if source is not None:
+                mapped.sources.setdefault(prefix + rule.text_path, source)
+
+    def _element_value(self, rule: ElementRule, ctx: MapContext, lookup, scope: "_Scope", groups: "_Groups",
+                       made: dict, mapped: MappedResource, prefix: str) -> tuple[Any, SourceLocation | None, bool]:
         if rule.ref:
-            temp = scope_keys.get((group_index, rule.ref)) or scope_keys.get((-1, rule.ref))
+            temp = _made_for(made.get(rule.ref), scope)
             return ({"reference": temp} if temp else None), None, False
+        if rule.children:
+            items = []
+            members = groups.members[rule.for_each]     # never borrowed from a sibling group
+            for inner in groups.inside(rule.for_each, scope):
+                inner_own = inner.lookups[0]
+
+                def inner_lookup(name: str, _own=inner_own) -> Segment | None:
+                    return _own.get(name) if name in members else (_own.get(name) or lookup(name))
+
+                item: dict[str, Any] = {}
+                self._fill(item, rule.children, ctx, inner_lookup, inner, groups, made, mapped,
+                           f"{prefix}{rule.text_path}.")
+                if item:
+                    items.append(item)
+            return (items or None), None, False
         if rule.sources:
             for ref in rule.sources:
                 seg = lookup(ref.segment)
@@ -379,18 +427,89 @@ class MappingSpec:
         if rule.named_sources:
             kwargs: dict[str, Any] = {}
             first_location = None
+            named: dict[str, SourceLocation] = {}
             for name, ref in rule.named_sources.items():
                 seg = lookup(ref.segment)
                 if seg is None:
                     kwargs[name] = None
                     continue
                 kwargs[name] = seg if ref.field is None else seg.field(ref.field)
-                first_location = first_location or SourceLocation(seg.name, seg.index, ref.field)
-            ctx.source = first_location
+                named[name] = SourceLocation(seg.name, seg.index, ref.field)
+                first_location = first_location or named[name]
+            ctx.source, ctx.named_sources = first_location, named
             value = rule.func(ctx, **kwargs, **rule.args)
-            ctx.source = None
+            ctx.source, ctx.named_sources = None, {}
             return value, first_location, False
         return rule.value, None, False
+
+
+class _Scope:
+    """One place a resource or nested row is made from: a group (or the whole message), with the
+    segment lookups nearest first (the group itself, then the groups that enclose it)."""
+    __slots__ = ("segments", "ids", "lookups")
+
+    def __init__(self, segments: list[Segment] | None, lookups: list[dict[str, Segment]]):
+        self.segments = segments
+        self.ids = frozenset(map(id, segments)) if segments is not None else None
+        self.lookups = lookups
+
+    def lookup_function(self, message_wide: dict[str, Segment]):
+        lookups = [*self.lookups, message_wide]
+        if len(lookups) == 1:
+            return message_wide.get
+        if len(lookups) == 2:
+            own = lookups[0]
+            return lambda name: own.get(name) or message_wide.get(name)
+
+        def lookup(name: str) -> Segment | None:
+            for found in lookups:
+                seg = found.get(name)
+                if seg is not None:
+                    return seg
+            return None
+        return lookup
+
+
+_MESSAGE_SCOPE = _Scope(None, [])
+
+
+class _Groups:
+    """The groups of one message (``groups:`` in the mapping), as scopes, made once per message."""
+
+    def __init__(self, message: Hl7Message, definitions: dict[str, dict]):
+        self.by_name = {name: message.groups(g["start"], g["members"]) for name, g in definitions.items()}
+        self.members = {name: {g["start"], *(g["members"] or ())} for name, g in definitions.items()}
+        self._scopes: dict[str, list[_Scope]] = {}
+
+    def scopes(self, name: str) -> list[_Scope]:
+        found = self._scopes.get(name)
+        if found is None:
+            found = self._scopes[name] = [self._scope(name, segments) for segments in self.by_name[name]]
+        return found
+
+    def _scope(self, name: str, segments: list[Segment]) -> _Scope:
+        first = segments[0]
+        enclosing = sorted((other for other_name, others in self.by_name.items() if other_name != name
+                            for other in others if len(other) > len(segments) and any(s is first for s in other)),
+                           key=len)
+        return _Scope(segments, [first_by_name(segments), *map(first_by_name, enclosing)])
+
+    def inside(self, name: str, scope: _Scope) -> list[_Scope]:
+        """The groups called ``name`` that start inside ``scope`` (all of them for the whole message)."""
+        if scope.ids is None:
+            return self.scopes(name)
+        return [inner for inner in self.scopes(name) if id(inner.segments[0]) in scope.ids]
+
+
+def _made_for(entries: list[tuple[frozenset | None, str]] | None, scope: _Scope) -> str | None:
+    """The temp id of the resource made for a group overlapping ``scope``, else the message-level one."""
+    if not entries:
+        return None
+    if scope.ids is not None:
+        for ids, temp in entries:
+            if ids is not None and not ids.isdisjoint(scope.ids):
+                return temp
+    return next((temp for ids, temp in entries if ids is None), None)
 
 
 def first_by_name(segments: list[Segment]) -> dict[str, Segment]:
@@ -406,15 +525,47 @@ def _is_explicit_null(raw: list) -> bool:
 
 
 def _condition(when: dict, lookup) -> bool:
-    """``{field: ORC-1, in: [RF]}`` or ``{present: RXE}`` / ``{absent: RXE}``."""
+    """``{field: ORC-1, in: [RF]}``, ``{present: RXE}`` / ``{absent: PCR-9}`` (a segment, or a field with a
+    value), and ``{any: [...]}``, ``{all: [...]}``, ``{not: {...}}`` to combine them."""
+    if "any" in when:
+        return any(_condition(w, lookup) for w in when["any"])
+    if "all" in when:
+        return all(_condition(w, lookup) for w in when["all"])
+    if "not" in when:
+        return not _condition(when["not"], lookup)
     if "present" in when:
-        return lookup(when["present"]) is not None
+        return _present(when["present"], lookup)
     if "absent" in when:
-        return lookup(when["absent"]) is None
+        return not _present(when["absent"], lookup)
     ref = FieldRef.parse(when["field"], "when")
     seg = lookup(ref.segment)
     value = seg.value(ref.field, 1, ref.component or 1) if seg is not None else None
     return (value or "") in [str(v) for v in when.get("in", [])]
+
+
+def _present(text: str, lookup) -> bool:
+    ref = FieldRef.parse(text, "when")
+    seg = lookup(ref.segment)
+    if seg is None or ref.field is None:
+        return seg is not None
+    value = seg.value(ref.field, 1, ref.component or 1)
+    return bool(value) and value != EXPLICIT_NULL
+
+
+def _condition_segments(when: dict | None) -> set[str]:
+    """Segment names a condition reads (for the Provenance's list of unmapped segments)."""
+    if not when:
+        return set()
+    names: set[str] = set()
+    for key in ("any", "all"):
+        for inner in when.get(key) or ():
+            names |= _condition_segments(inner)
+    if "not" in when:
+        names |= _condition_segments(when["not"])
+    for key in ("present", "absent", "field"):
+        if key in when:
+            names.add(FieldRef.parse(when[key], "when").segment)
+    return names
 
 
 def _set_path(resource: dict, path: list[tuple[str, int | None]], value: Any, append: bool) -> None:
@@ -463,8 +614,11 @@ def _preferred_identity(identifiers: list[dict], identity: dict) -> list[tuple[s
 
 def _absorb(twin: MappedResource, duplicate: MappedResource) -> None:
     """Fold a duplicate into its twin: identifiers merged, elements the twin lacks taken over."""
-    known = {(i.get("system"), i.get("value")) for i in twin.resource.get("identifier", [])}
-    for ident in duplicate.resource.get("identifier", []):
+    twin_ids, duplicate_ids = twin.resource.get("identifier", []), duplicate.resource.get("identifier", [])
+    if not (isinstance(twin_ids, list) and isinstance(duplicate_ids, list)):
+        duplicate_ids = []                     # a single Identifier: the twin's stays
+    known = {(i.get("system"), i.get("value")) for i in twin_ids}
+    for ident in duplicate_ids:
         if (ident.get("system"), ident.get("value")) not in known:
             twin.resource.setdefault("identifier", []).append(ident)
     for element, value in duplicate.resource.items():

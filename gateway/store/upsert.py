@@ -7,7 +7,12 @@ or refused, following the rules its mapping file declares (``lifecycle``):
 * ``terminal``: statuses a message may not move a resource out of (a late NW after a cancel);
 * ``status_only_without``: when none of these segments came, only the status changes;
 * ``same_reference``: an element that must not change (an order number reused for another patient);
-* ``create_only_when``: the resource must be new (a renewal carries a new order number).
+* ``create_only_when``: the resource must be new (a renewal carries a new order number);
+* ``status_only: true``: only the status of the matched resource changes (a dispense completing its
+  order); with ``if_unknown: skip`` a resource nobody stored is left alone instead of refusing the message;
+* ``must_resolve``: logical references (by identifier) that should name a stored resource; one that
+  does not is kept as it is (the number stays on the reference), the rest of the message is stored,
+  and the answer is AE naming the field (a dispense for an order the gateway has not seen).
 
 Anything shaped like the mapping engine's ``MappedResource`` can be applied; the store does not
 import the mapping package.
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import orjson
-from sqlalchemy import and_, select
+from sqlalchemy import select
 
 from gateway.store import schema
 from gateway.store.resources import StoreTransaction
@@ -49,6 +54,7 @@ class UpsertProblem:
 class UpsertResult:
     written: list[tuple[Any, dict, str]] = field(default_factory=list)   # (mapped, stored resource, action)
     problems: list[UpsertProblem] = field(default_factory=list)
+    unresolved: list[UpsertProblem] = field(default_factory=list)  # stored, but a reference names nothing stored
     warnings: list[str] = field(default_factory=list)
 
 
@@ -80,6 +86,7 @@ def apply_mapped(tx: StoreTransaction, mapped_resources: list[MappedLike], sourc
         if stored is not None:
             real_refs[mapped.temp_id] = f"{stored['resourceType']}/{stored['id']}"
             result.written.append((mapped, stored, action))
+            result.unresolved.extend(_unresolved(mapped, stored))
     if result.problems:
         raise UpsertRejected(result)
     return result
@@ -110,6 +117,8 @@ def _apply_one(tx: StoreTransaction, mapped: MappedLike, resource: dict,
                                              "new order number and name the prior order in ORC-8", "205", "identifier"))
         return None, ""
     if not matches:
+        if mapped.status_only and lifecycle.get("if_unknown") == "skip":
+            return None, ""
         if mapped.status_only:
             result.problems.append(UpsertProblem(mapped, f"{label}: no stored order has this number, so its status "
                                                  "cannot change; send the full order (with RXE/RXO)", "204", "identifier"))
@@ -154,12 +163,35 @@ def _merge(existing: dict, incoming: dict, status_only: bool, deletions: list[st
             merged[key] = value
         for path in deletions:
             merged.pop(path.split(".", 1)[0].split("[", 1)[0], None)
-    known = {(i.get("system"), i.get("value")) for i in merged.get("identifier", [])}
-    for ident in incoming.get("identifier", []):
+    if isinstance(incoming.get("identifier"), dict):     # a single Identifier (R4 AdverseEvent)
+        merged["identifier"] = incoming["identifier"]
+    known = {(i.get("system"), i.get("value")) for i in _identifier_list(merged)}
+    for ident in _identifier_list(incoming):
         if (ident.get("system"), ident.get("value")) not in known:
             merged.setdefault("identifier", []).append(ident)
     merged.setdefault("meta", {})["source"] = incoming.get("meta", {}).get("source")
     return merged
+
+
+def _identifier_list(resource: dict) -> list:
+    identifiers = resource.get("identifier") or []
+    return identifiers if isinstance(identifiers, list) else []
+
+
+def _unresolved(mapped: MappedLike, stored: dict) -> list[UpsertProblem]:
+    """``must_resolve`` references of the stored resource that still name only an identifier."""
+    problems = []
+    for element in (mapped.lifecycle or {}).get("must_resolve") or ():
+        value = stored.get(element)
+        for ref in value if isinstance(value, list) else [value] if value else []:
+            if isinstance(ref, dict) and "reference" not in ref and isinstance(ref.get("identifier"), dict):
+                ident = ref["identifier"]
+                target = ref.get("type", "resource")
+                problems.append(UpsertProblem(mapped, (
+                    f"{stored['resourceType']}/{stored['id']} is stored, but no stored {target} has the identifier "
+                    f"{ident.get('value')} ({ident.get('system')}); it keeps the number in {element}.identifier "
+                    "until that resource is known"), "204", element))
+    return problems
 
 
 def _copy(resource: dict) -> dict:
@@ -181,7 +213,7 @@ def _replace_references(node: Any, real_refs: dict[str, str], tx: StoreTransacti
             else:
                 node.pop("reference")
         elif ref is None and isinstance(node.get("identifier"), dict) and set(node) <= {"identifier", "type", "display"}:
-            target = _resolve_identifier(tx, node["identifier"])
+            target = _resolve_identifier(tx, node["identifier"], node.get("type"))
             if target:
                 node["reference"] = target
         for value in node.values():
@@ -192,11 +224,13 @@ def _replace_references(node: Any, real_refs: dict[str, str], tx: StoreTransacti
             _replace_references(item, real_refs, tx)
 
 
-def _resolve_identifier(tx: StoreTransaction, identifier: dict) -> str | None:
+def _resolve_identifier(tx: StoreTransaction, identifier: dict, resource_type: str | None = None) -> str | None:
+    """The one stored resource (of ``resource_type`` when the reference says) with this identifier."""
     t = schema.idx_token
     if not identifier.get("system") or not identifier.get("value"):
         return None
-    rows = tx.conn.execute(select(t.c.res_type, t.c.res_id).where(
-        t.c.param == "identifier", and_(t.c.system == identifier["system"], t.c.code == identifier["value"]))
-        .distinct()).all()
+    conditions = [t.c.param == "identifier", t.c.system == identifier["system"], t.c.code == identifier["value"]]
+    if isinstance(resource_type, str):
+        conditions.append(t.c.res_type == resource_type)
+    rows = tx.conn.execute(select(t.c.res_type, t.c.res_id).where(*conditions).distinct()).all()
     return f"{rows[0].res_type}/{rows[0].res_id}" if len(rows) == 1 else None
