@@ -40,7 +40,8 @@ class Gateway:
             Path(config["DATABASE_URL"][len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine = make_engine(config["DATABASE_URL"])
         zone = ZoneInfo(config["TIMEZONE"]) if config["TIMEZONE"] else None
-        store = ResourceStore(engine, SearchParameterRegistry.load(), zone)
+        store = ResourceStore(engine, SearchParameterRegistry.load(), zone,
+                              cursor_secret=config.get("SEARCH_CURSOR_SECRET") or None)
         message_log = MessageLog(engine)
         mappings = MappingSet.load(config["MAPPINGS_DIR"])
         terminology = Terminology.load(config["MAPPINGS_DIR"])

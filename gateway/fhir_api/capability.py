@@ -77,9 +77,20 @@ def capability_statement(params: SearchParameterRegistry, base_url: str, profile
 
 
 def search_capability(params: SearchParameterRegistry, resource_type: str) -> dict:
-    """searchParam of a type, from the search-parameter registry."""
-    return {"searchParam": [
-        {"name": "_id", "type": "token", "documentation": "Logical id of the resource"},
-        {"name": "_lastUpdated", "type": "date", "documentation": "When the resource last changed"},
-        *[{"name": p.name, "type": p.type, "documentation": p.doc} for p in params.for_type(resource_type).values()],
-    ]}
+    """searchInclude, searchRevInclude and searchParam of a type, from the search-parameter registry."""
+    declared = params.for_type(resource_type)
+    references = [p.name for p in declared.values() if p.type == "reference"]
+    revincludes = [f"{p.resource_type}:{p.name}" for p in params.references_to(resource_type)]
+    search_params = [{"name": p.name, "type": p.type, "documentation": p.doc} for p in declared.values()]
+    search_params.append({"name": "_sort", "type": "special", "documentation":
+                          f"Sort keys, comma separated, '-' for descending; any of: {', '.join(declared)}"})
+    if revincludes:
+        search_params.append({"name": "_has", "type": "special", "documentation":
+                              "Reverse chaining, _has:Type:reference:parameter=value; Type:reference one of "
+                              + ", ".join(revincludes)})
+    found = {"searchParam": search_params}
+    if references:
+        found["searchInclude"] = [*(f"{resource_type}:{name}" for name in references), f"{resource_type}:*"]
+    if revincludes:
+        found["searchRevInclude"] = revincludes
+    return found

@@ -16,7 +16,6 @@ from gateway.web import gateway_of_app
 
 fhir_blueprint = Blueprint("fhir", __name__)
 
-CONTROL_PARAMS = {"_count", "_cursor", "_format", "_total", "_pretty"}
 
 
 def _base_url() -> str:
@@ -106,57 +105,6 @@ def _history_bundle(resource_type: str | None, resource_id: str | None) -> Respo
     from gateway.fhir_api.history import history_bundle
     return fhir_response(history_bundle(gateway_of_app().store, _base_url(), resource_type, resource_id,
                                         request.args, current_app.config))
-
-
-@fhir_blueprint.get("/<resource_type>")
-def search(resource_type: str) -> Response:
-    if (problem := _known_type(resource_type)) is not None:
-        return problem
-    gw = gateway_of_app()
-    config = current_app.config
-    try:
-        count = min(int(request.args.get("_count", config["DEFAULT_PAGE_SIZE"])), config["MAX_PAGE_SIZE"])
-        if count < 0:
-            raise ValueError
-    except ValueError:
-        return outcome_response(400, "invalid", "_count must be a whole number >= 0", "_count")
-    known = gw.store.params.for_type(resource_type)
-    criteria, ignored = [], []
-    for key in request.args:
-        if key in CONTROL_PARAMS:
-            continue
-        name, _, modifier = key.partition(":")
-        if name not in known and name not in ("_id", "_lastUpdated"):
-            ignored.append(key)
-            continue
-        for value in request.args.getlist(key):
-            criteria.append(SearchCriterion(name, [v for v in value.split(",") if v], modifier or None))
-    if ignored and "handling=strict" in request.headers.get("Prefer", ""):
-        return outcome_response(400, "not-supported", f"unknown search parameter(s): {', '.join(ignored)}")
-    try:
-        page = gw.store.search(resource_type, criteria, count, request.args.get("_cursor"))
-    except SearchError as exc:
-        return outcome_response(400, "invalid", str(exc))
-    base = _base_url()
-    query = [(k, v) for k in request.args for v in request.args.getlist(k) if k != "_cursor"]
-    links = [{"relation": "self", "url": f"{base}/{resource_type}?{urlencode(query + _cursor_param())}"}]
-    if page.next_cursor:
-        links.append({"relation": "next",
-                      "url": f"{base}/{resource_type}?{urlencode(query + [('_cursor', page.next_cursor)])}"})
-    entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-               for r in page.resources]
-    if ignored:
-        entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [{
-            "severity": "warning", "code": "not-supported",
-            "diagnostics": f"unknown search parameter(s) ignored: {', '.join(ignored)}"}]},
-            "search": {"mode": "outcome"}})
-    return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": page.total,
-                          "link": links, "entry": entries})
-
-
-def _cursor_param() -> list[tuple[str, str]]:
-    cursor = request.args.get("_cursor")
-    return [("_cursor", cursor)] if cursor else []
 
 
 @fhir_blueprint.post("/<resource_type>/$validate")

@@ -6,6 +6,7 @@ transaction, so the ingest pipeline (and routing's outbox) commit all of a messa
 """
 from __future__ import annotations
 
+import secrets
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from sqlalchemy import and_, delete, func, insert, or_, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.store import schema
-from gateway.store.search_parameters import (SearchParameterRegistry, date_values, normalize_string,
-                                             reference_values, string_values, token_values, walk)
+from gateway.store.search import (CursorCodec, IncludeSpec, SearchCriterion, SearchPage, SortKey,
+                                  run_search)
+from gateway.store.search_parameters import SearchParameterRegistry, index_rows
 
 
 class StoreError(Exception):
@@ -53,21 +55,6 @@ def _dump(resource: dict) -> bytes:
 
 def _load(content: bytes) -> dict:
     return orjson.loads(content)
-
-
-@dataclass
-class SearchCriterion:
-    """One search parameter occurrence: values are ORed, criteria are ANDed."""
-    param: str
-    values: list[str]
-    modifier: str | None = None
-
-
-@dataclass
-class SearchPage:
-    resources: list[dict]
-    total: int
-    next_cursor: str | None
 
 
 @dataclass
@@ -187,39 +174,26 @@ class StoreTransaction:
             self.conn.execute(delete(table).where(table.c.res_type == resource_type, table.c.res_id == resource_id))
 
     def _index(self, resource: dict) -> None:
-        rows: dict[str, list[dict]] = {"token": [], "string": [], "date": [], "reference": []}
-        key = {"res_type": resource["resourceType"], "res_id": resource["id"]}
-        for param in self.store.params.for_type(resource["resourceType"]).values():
-            for path in param.paths:
-                for value in walk(resource, path):
-                    rows[param.type].extend(self.store.index_rows(param.type, param.name, value, key))
+        rows = index_rows(self.store.params, resource, self.store.zone)
         for search_type, table_rows in rows.items():
             if table_rows:
                 self.conn.execute(insert(schema.INDEX_TABLES[search_type]), table_rows)
 
 
 class ResourceStore:
-    def __init__(self, engine: Engine, params: SearchParameterRegistry, zone: ZoneInfo | None = None):
+    def __init__(self, engine: Engine, params: SearchParameterRegistry, zone: ZoneInfo | None = None,
+                 cursor_secret: str | bytes | None = None):
         self.engine = engine
         self.params = params
         self.zone = zone or ZoneInfo("UTC")
+        # search cursors are signed; without a configured secret they are valid for this process only
+        self.cursors = CursorCodec(cursor_secret or secrets.token_bytes(32))
 
     @contextmanager
     def write(self) -> Iterator[StoreTransaction]:
         with self.engine.connect().execution_options(write=True) as conn:
             with conn.begin():
                 yield StoreTransaction(self, conn)
-
-    def index_rows(self, search_type: str, name: str, value: Any, key: dict) -> list[dict]:
-        if search_type == "token":
-            return [{**key, "param": name, "system": system, "code": code} for system, code in token_values(value)]
-        if search_type == "string":
-            return [{**key, "param": name, "value": normalize_string(v)[:512]} for v in string_values(value) if v]
-        if search_type == "date":
-            return [{**key, "param": name, "low": low, "high": high} for low, high in date_values(value, self.zone)]
-        if search_type == "reference":
-            return [{**key, "param": name, "target": target} for target in reference_values(value)]
-        raise ValueError(f"unknown search type {search_type}")
 
     # ------------------------------------------------------------------ reads
 
@@ -338,20 +312,8 @@ class ResourceStore:
                 return
             last_id = rows[-1].res_id
 
-    def search(self, resource_type: str, criteria: list[SearchCriterion], count: int,
-               cursor: str | None = None) -> SearchPage:
-        from gateway.store.search import build_conditions  # search SQL lives beside, kept out of the write path
-        r = schema.resources
-        conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False)]
-        conditions += build_conditions(self, resource_type, criteria)
-        with self.engine.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(r).where(*conditions)).scalar_one()
-            page_conditions = list(conditions)
-            if cursor:
-                page_conditions.append(r.c.res_id > cursor)
-            rows = conn.execute(select(r.c.res_id, r.c.content).where(*page_conditions)
-                                .order_by(r.c.res_id).limit(count + 1)).all()
-        has_more = len(rows) > count
-        rows = rows[:count]
-        return SearchPage([_load(row.content) for row in rows], total,
-                          rows[-1].res_id if has_more and rows else None)
+    def search(self, resource_type: str, criteria: list[SearchCriterion], count: int = 50,
+               cursor: str | None = None, *, sort: list[SortKey] | None = None, total: str = "accurate",
+               includes: list[IncludeSpec] | None = None) -> SearchPage:
+        """Current resources matching all criteria, a page at a time (keyset cursor, see gateway.store.search)."""
+        return run_search(self, resource_type, criteria, count, cursor, sort, total, includes)

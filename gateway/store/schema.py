@@ -41,13 +41,14 @@ def _index_table(name: str, *value_columns: Column) -> Table:
         Column("res_id", String(64), nullable=False),
         Column("param", String(64), nullable=False),
         *value_columns,
-        Index(f"ix_{name}_resource", "res_type", "res_id"),
+        Index(f"ix_{name}_resource_param", "res_type", "res_id", "param"),  # unindexing; per-resource sort values
     )
 
 
 idx_token = _index_table("idx_token", Column("system", String(255)), Column("code", String(255), nullable=False))
 Index("ix_idx_token_lookup", idx_token.c.res_type, idx_token.c.param, idx_token.c.code)
-idx_string = _index_table("idx_string", Column("value", String(512), nullable=False))
+idx_string = _index_table("idx_string", Column("value", String(512), nullable=False),
+                         Column("exact", String(512)))   # as written, for :exact (value is case/accent folded)
 Index("ix_idx_string_lookup", idx_string.c.res_type, idx_string.c.param, idx_string.c.value)
 idx_date = _index_table("idx_date", Column("low", String(32), nullable=False), Column("high", String(32), nullable=False))
 Index("ix_idx_date_lookup", idx_date.c.res_type, idx_date.c.param, idx_date.c.low)
@@ -130,3 +131,10 @@ deliveries = Table(
     Index("ix_deliveries_resource", "destination", "res_type", "res_id", "version_id"),
     Index("ix_deliveries_organization", "organization", "res_type", "status"),
 )
+
+
+# ------------------------------------------------------------------ search (quantity/number index, covering lookups)
+idx_quantity = _index_table("idx_quantity", Column("value", Float, nullable=False), Column("system", String(255)),
+                            Column("code", String(255)), Column("unit", String(255)))
+Index("ix_idx_quantity_lookup", idx_quantity.c.res_type, idx_quantity.c.param, idx_quantity.c.value)
+INDEX_TABLES["quantity"] = idx_quantity
