@@ -156,3 +156,16 @@ def test_report_with_two_events_stores_both_and_the_suspect_device(client):
     by_device = _search(client, f"AdverseEvent?substance=Device/{device['id']}")
     assert [e["resource"]["identifier"]["value"] for e in by_device["entry"]] == ["AE-BSH-2026-0031/2"]
     assert _search(client, "AdverseEvent?seriousness=serious")["total"] == 1
+
+
+def test_external_dispense_after_its_external_order_is_linked_and_accepted(client):
+    from conftest import EXTERNAL
+    _response, ack = post_hl7(client, (EXTERNAL / "RDE-O11-01.hl7").read_bytes())
+    assert ack_segment(ack, "MSA")[1] == "AA"
+    _response, ack = post_hl7(client, (EXTERNAL / "RDS-O13-01.hl7").read_bytes())
+    assert ack_segment(ack, "MSA")[1:3] == ["AA", "MSG00001"]
+    order = _search(client, "MedicationRequest?identifier=1163422591")["entry"][0]["resource"]
+    dispense = _search(client, f"MedicationDispense?prescription=MedicationRequest/{order['id']}")["entry"][0]["resource"]
+    # no ORC-3: the dispense is keyed by the order number and the RXD-1 counter
+    assert dispense["identifier"] == [{"system": f"{BASE}/sid/EPC/dispense", "value": "1163422591-1"}]
+    assert dispense["quantity"]["value"] == 10 and dispense["whenHandedOver"] == "2020-12-12"
