@@ -136,6 +136,9 @@ def test_regulator_finds_adverse_events_by_suspect_product_and_date_range(client
     both = _search(client, f"AdverseEvent?substance=Medication/{medication_id}")
     assert sorted(e["resource"]["identifier"]["value"] for e in both["entry"]) == ["AE-BSH-2026-0007",
                                                                                   "AE-BSH-2026-0031"]
+    # the same in one request, chained through the suspect Medication's code (across its lots)
+    chained = _search(client, "AdverseEvent?substance:Medication.code=HNLC-D-0042&date=ge2026-03-01&date=lt2026-04-01")
+    assert [e["resource"]["identifier"]["value"] for e in chained["entry"]] == ["AE-BSH-2026-0007"]
     april = _search(client, "AdverseEvent?date=ge2026-04-01&date=lt2026-05-01&seriousness=non-serious")
     assert sorted(e["resource"]["identifier"]["value"] for e in april["entry"]) == ["AE-BSH-2026-0031",
                                                                                    "AE-BSH-2026-0040"]
