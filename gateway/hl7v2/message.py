@@ -215,6 +215,11 @@ class Segment:
             n -= 1
         return n
 
+    def __bool__(self) -> bool:
+        """A segment is there even when all its fields are empty (``ZLC|``): ``seg or other`` must not
+        skip it, and truth testing must not split its fields."""
+        return True
+
     def __str__(self) -> str:
         return self._line
 

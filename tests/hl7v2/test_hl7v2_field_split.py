@@ -41,3 +41,10 @@ def test_quick_split_keeps_leading_blanks_and_drops_trailing_ones():
 def test_quick_split_reads_a_field_of_separators_and_blanks_as_empty():
     pid = parse_message("MSH|^~\\&|A|B|C|D|20260315||ADT^A01|C1|P|2.5\rPID|1|| ^ ~^ ").segment("PID")
     assert pid.field(3) == []
+
+
+def test_a_segment_without_field_values_is_still_a_segment():
+    msg = parse_message("MSH|^~\\&|A|B|C|D|20260315||ADT^A01|C1|P|2.5\rZLC|\rPID|1")
+    zlc = msg.segment("ZLC")
+    assert len(zlc) == 0
+    assert (zlc or "fallback") is zlc
