@@ -228,3 +228,6 @@ def _deleted_outcome(result: WriteResult) -> dict:
 def _version_headers(resource: dict) -> dict:
     meta = resource.get("meta", {})
     return {"ETag": f'W/"{meta.get("versionId", "")}"', "Last-Modified": meta.get("lastUpdated", "")}
+
+
+from gateway.fhir_api import bulk as _bulk  # noqa: E402,F401  (registers $export on the blueprint)

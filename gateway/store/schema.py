@@ -138,3 +138,23 @@ idx_quantity = _index_table("idx_quantity", Column("value", Float, nullable=Fals
                             Column("code", String(255)), Column("unit", String(255)))
 Index("ix_idx_quantity_lookup", idx_quantity.c.res_type, idx_quantity.c.param, idx_quantity.c.value)
 INDEX_TABLES["quantity"] = idx_quantity
+
+
+# ---------------------------------------------------------------- bulk export jobs (gateway/export)
+# One row per $export kick-off, so a restarted gateway still answers status polls and resumes the
+# jobs it had not finished.
+export_jobs = Table(
+    "export_jobs", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("status", String(16), nullable=False),          # accepted | in-progress | completed | failed | cancelled
+    Column("kind", String(16), nullable=False),            # system | patient
+    Column("request_url", Text, nullable=False),
+    Column("params", LargeBinary, nullable=False),         # JSON: types, _since, parsed _typeFilter criteria
+    Column("transaction_time", String(40), nullable=False),
+    Column("created_at", Float, nullable=False),           # epoch seconds
+    Column("finished_at", Float),
+    Column("progress", String(255)),
+    Column("output", LargeBinary),                         # JSON: [{type, file, count}]
+    Column("error", Text),
+    Index("ix_export_jobs_status", "status"),
+)

@@ -1,0 +1,177 @@
+"""Bulk Data $export: kick-off rules, status polling, manifest, NDJSON files, _type/_since/_typeFilter,
+the Patient compartment, cancel, and jobs surviving a restart."""
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+import orjson
+import pytest
+from conftest import post_hl7, sample
+from sqlalchemy import insert
+
+from gateway import create_app
+from gateway.export import ExportRequest
+from gateway.store import schema
+from gateway.validation import has_errors
+from test_writes import patient
+
+ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
+
+
+def seed_patients(gateway, n: int) -> set[str]:
+    ids = set()
+    with gateway.store.write() as tx:
+        for i in range(n):
+            body = patient(id=f"p{i:05d}", identifier=[{"system": "urn:oid:2.16.156.1", "value": f"MRN-{i}"}])
+            ids.add(tx.create(body)["id"])
+    return ids
+
+
+def finish(client, location: str) -> tuple[int, dict | None]:
+    path = location[location.index("/fhir/"):]
+    for _ in range(400):
+        response = client.get(path)
+        if response.status_code != 202:
+            return response.status_code, response.get_json()
+        assert response.headers["X-Progress"]
+        time.sleep(0.02)
+    raise AssertionError("the export did not finish in 8 s")
+
+
+def kick_off(client, url: str) -> str:
+    response = client.get(url, headers=ASYNC)
+    assert response.status_code == 202, response.get_json()
+    assert response.data == b""
+    return response.headers["Content-Location"]
+
+
+def lines(client, url: str) -> list[dict]:
+    response = client.get(url[url.index("/fhir/"):])
+    assert response.status_code == 200
+    assert response.mimetype == "application/fhir+ndjson"
+    return [orjson.loads(line) for line in response.data.splitlines()]
+
+
+def test_kick_off_needs_prefer_respond_async(client):
+    response = client.get("/fhir/$export")
+    assert response.status_code == 400
+    assert "respond-async" in response.get_json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("query, expression", [
+    ("_type=Spaceship", "_type"), ("_outputFormat=text/csv", "_outputFormat"),
+    ("_since=yesterday", "_since"), ("_typeFilter=" + quote("Patient?shoe-size=42"), "_typeFilter"),
+    ("_type=Patient&_typeFilter=" + quote("MedicationRequest?status=active"), "_typeFilter"),
+    ("_elements=id", "_elements"),
+])
+def test_bad_kick_off_parameters_are_400_with_expression(client, query, expression):
+    response = client.get(f"/fhir/$export?{query}", headers=ASYNC)
+    assert response.status_code == 400
+    assert response.get_json()["issue"][0]["expression"] == [expression]
+
+
+def test_system_export_of_500_patients_every_line_parses_and_validates(client, gateway):
+    ids = seed_patients(gateway, 500)
+    location = kick_off(client, "/fhir/$export?_type=Patient")
+    status, manifest = finish(client, location)
+    assert status == 200
+    job_id = location.rsplit("/", 1)[1]
+    assert manifest == {
+        "transactionTime": manifest["transactionTime"], "request": "http://localhost/fhir/$export?_type=Patient",
+        "requiresAccessToken": False, "error": [],
+        "output": [{"type": "Patient", "url": f"http://localhost/fhir/bulkfiles/{job_id}/Patient.ndjson",
+                    "count": 500}]}
+    exported = lines(client, manifest["output"][0]["url"])
+    assert {r["id"] for r in exported} == ids
+    for resource in exported:
+        assert not has_errors(gateway.validator.validate(resource)), resource["id"]
+
+
+def test_export_of_everything_lists_one_file_per_type_with_counts(client, gateway):
+    post_hl7(client, sample("rde_o11_new_imported.hl7"))
+    post_hl7(client, sample("rde_o11_two_orders_gb18030.hl7"))
+    status, manifest = finish(client, kick_off(client, "/fhir/$export"))
+    assert status == 200
+    counts = {o["type"]: o["count"] for o in manifest["output"]}
+    assert counts["MedicationRequest"] == 3
+    for output in manifest["output"]:
+        resources = lines(client, output["url"])
+        assert len(resources) == output["count"]
+        assert {r["resourceType"] for r in resources} == {output["type"]}
+        stored = client.get(f"/fhir/{output['type']}?_count=1000").get_json()
+        assert stored["total"] == output["count"]
+
+
+def test_patient_export_keeps_the_patient_compartment_only(client):
+    post_hl7(client, sample("rde_o11_new_imported.hl7"))
+    post_hl7(client, sample("rde_o11_two_orders_gb18030.hl7"))
+    status, manifest = finish(client, kick_off(client, "/fhir/Patient/$export"))
+    assert status == 200
+    counts = {o["type"]: o["count"] for o in manifest["output"]}
+    assert counts["MedicationRequest"] == 3
+    assert counts["Patient"] == client.get("/fhir/Patient").get_json()["total"]
+    assert "Practitioner" not in counts and "Organization" not in counts
+    refused = client.get("/fhir/Patient/$export?_type=Practitioner", headers=ASYNC)
+    assert refused.status_code == 400
+
+
+def test_type_filter_and_since_narrow_the_export(client, gateway):
+    post_hl7(client, sample("rde_o11_new_imported.hl7"))
+    post_hl7(client, sample("rde_o11_two_orders_gb18030.hl7"))
+    url = "/fhir/$export?_type=MedicationRequest,Patient&_typeFilter=" + quote(
+        "MedicationRequest?identifier=HMU-RX-1001") + "," + quote("MedicationRequest?identifier=BSH-RX-0001")
+    status, manifest = finish(client, kick_off(client, url))
+    by_type = {o["type"]: o for o in manifest["output"]}
+    numbers = sorted(r["identifier"][0]["value"] for r in lines(client, by_type["MedicationRequest"]["url"]))
+    assert numbers == ["BSH-RX-0001", "HMU-RX-1001"]
+    assert by_type["Patient"]["count"] == client.get("/fhir/Patient").get_json()["total"]
+    later = finish(client, kick_off(client, "/fhir/$export?_since=2999-01-01T00:00:00Z"))
+    assert later == (200, {**later[1], "output": []})
+
+
+def test_status_of_a_queued_job_is_202_with_progress(app, client, gateway):
+    client.get("/fhir/bulkstatus/none")          # makes the app's export jobs (and resumes nothing)
+    job_id = "00000000-0000-4000-8000-000000000001"
+    _insert_job(gateway, job_id)
+    response = client.get(f"/fhir/bulkstatus/{job_id}")
+    assert response.status_code == 202
+    assert response.headers["X-Progress"] == "accepted"
+
+
+def test_a_restarted_gateway_resumes_unfinished_jobs(tmp_path):
+    first = create_app({"DATA_DIR": str(tmp_path), "TESTING": True})
+    seed_patients(first.extensions["gateway"], 3)
+    job_id = "00000000-0000-4000-8000-000000000002"
+    _insert_job(first.extensions["gateway"], job_id)        # accepted, then the process "died"
+    second = create_app({"DATA_DIR": str(tmp_path), "TESTING": True}).test_client()
+    status, manifest = finish(second, f"http://localhost/fhir/bulkstatus/{job_id}")
+    assert status == 200 and manifest["output"][0]["count"] == 3
+
+
+def test_cancel_removes_the_job_and_its_files(client, gateway, tmp_path):
+    seed_patients(gateway, 5)
+    location = kick_off(client, "/fhir/$export")
+    status, manifest = finish(client, location)
+    path = location[location.index("/fhir/"):]
+    response = client.delete(path)
+    assert response.status_code == 202
+    assert client.get(path).status_code == 404
+    assert client.delete(path).status_code == 404
+    url = manifest["output"][0]["url"]
+    assert client.get(url[url.index("/fhir/"):]).status_code == 404
+    assert not (tmp_path / "exports" / path.rsplit("/", 1)[1]).exists()
+
+
+def test_unknown_job_and_file_are_404_operation_outcomes(client):
+    assert client.get("/fhir/bulkstatus/nope").get_json()["resourceType"] == "OperationOutcome"
+    assert client.get("/fhir/bulkfiles/nope/Patient.ndjson").status_code == 404
+
+
+def _insert_job(gateway, job_id: str) -> None:
+    request = ExportRequest("system", "http://localhost/fhir/$export", ["Patient"])
+    with gateway.store.engine.begin() as conn:
+        conn.execute(insert(schema.export_jobs).values(
+            id=job_id, status="accepted", kind="system", request_url=request.request_url,
+            params=request.to_json(), transaction_time="2026-11-23T00:00:00.000Z", created_at=time.time(),
+            progress="accepted", output=b"[]"))
