@@ -13,6 +13,9 @@ or refused, following the rules its mapping file declares (``lifecycle``):
 * ``must_resolve``: logical references (by identifier) that should name a stored resource; one that
   does not is kept as it is (the number stays on the reference), the rest of the message is stored,
   and the answer is AE naming the field (a dispense for an order the gateway has not seen).
+  When the resource it names is stored later, the waiting reference is linked then (a new version
+  of the dispense): a token search parameter on ``<reference>.identifier`` beside the reference
+  parameter (``search_parameters.yaml``) is what lets the store find the waiting resources.
 
 Anything shaped like the mapping engine's ``MappedResource`` can be applied; the store does not
 import the mapping package.
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from gateway.store import schema
 from gateway.store.resources import StoreTransaction
@@ -87,6 +90,8 @@ def apply_mapped(tx: StoreTransaction, mapped_resources: list[MappedLike], sourc
             real_refs[mapped.temp_id] = f"{stored['resourceType']}/{stored['id']}"
             result.written.append((mapped, stored, action))
             result.unresolved.extend(_unresolved(mapped, stored))
+            if action in ("create", "update"):
+                _link_waiting(tx, stored, result)
     if result.problems:
         raise UpsertRejected(result)
     return result
@@ -192,6 +197,36 @@ def _unresolved(mapped: MappedLike, stored: dict) -> list[UpsertProblem]:
                     f"{ident.get('value')} ({ident.get('system')}); it keeps the number in {element}.identifier "
                     "until that resource is known"), "204", element))
     return problems
+
+
+def _link_waiting(tx: StoreTransaction, stored: dict, result: UpsertResult) -> None:
+    """Resources whose logical reference names ``stored`` by identifier (stored before it: a dispense
+    before its order) get the literal reference now, as a new version written with this message."""
+    identifiers = [(i["system"], i["value"]) for i in _identifier_list(stored) if i.get("system") and i.get("value")]
+    if not identifiers:
+        return
+    params = tx.store.params
+    t = schema.idx_token
+    for reference in params.references_to(stored["resourceType"]):
+        for path in reference.paths:
+            waiting = next((p for p in params.by_type.get(reference.resource_type, {}).values()
+                            if p.type == "token" and (*path, "identifier") in p.paths), None)
+            if waiting is None:
+                continue
+            ids = tx.conn.execute(select(t.c.res_id).where(
+                t.c.res_type == reference.resource_type, t.c.param == waiting.name,
+                or_(*[and_(t.c.system == system, t.c.code == value) for system, value in identifiers])
+            ).distinct()).scalars().all()
+            for res_id in ids:
+                current = tx.read(reference.resource_type, res_id)
+                if current is None:
+                    continue
+                linked = _copy(current)
+                _replace_references(linked, {}, tx)
+                if linked != current:
+                    result.written.append((None, tx.update(linked), "update"))
+                    result.warnings.append(f"{reference.resource_type}/{res_id} was waiting for "
+                                           f"{stored['resourceType']} {identifiers[0][1]}; it is linked now")
 
 
 def _copy(resource: dict) -> dict:

@@ -172,3 +172,22 @@ def test_external_dispense_after_its_external_order_is_linked_and_accepted(clien
     # no ORC-3: the dispense is keyed by the order number and the RXD-1 counter
     assert dispense["identifier"] == [{"system": f"{BASE}/sid/EPC/dispense", "value": "1163422591-1"}]
     assert dispense["quantity"]["value"] == 10 and dispense["whenHandedOver"] == "2020-12-12"
+
+
+def test_a_dispense_kept_before_its_order_is_linked_when_the_order_arrives(client):
+    _response, ack = post_hl7(client, sample("rds_o13_dispense.hl7"))
+    assert ack_segment(ack, "MSA")[1] == "AE"
+    waiting = _search(client, "MedicationDispense?prescription-identifier=BSH-RX-0001")["entry"][0]["resource"]
+    _response, ack = post_hl7(client, sample("rde_o11_new_imported.hl7"))
+    assert ack_segment(ack, "MSA")[1] == "AA"
+    assert any("is linked now" in "|".join(s) for s in ack if s[0] == "ERR")
+    order = _search(client, "MedicationRequest?identifier=BSH-RX-0001")["entry"][0]["resource"]
+    linked = client.get(f"/fhir/MedicationDispense/{waiting['id']}").get_json()
+    assert linked["meta"]["versionId"] == "2"
+    assert linked["authorizingPrescription"][0]["reference"] == f"MedicationRequest/{order['id']}"
+    assert _search(client, f"MedicationDispense?prescription=MedicationRequest/{order['id']}")["total"] == 1
+    # the order's message wrote version 2, and its Provenance says so
+    provenances = _search(client, f"Provenance?target=MedicationDispense/{waiting['id']}")["entry"]
+    by_order = [p["resource"] for p in provenances
+                if p["resource"]["meta"]["source"] == "urn:hl7v2:BOAO_SUPER_HOSPITAL:BSH20260315000001"]
+    assert f"MedicationDispense/{waiting['id']}/_history/2" in [t["reference"] for t in by_order[0]["target"]]
