@@ -191,3 +191,30 @@ def test_a_dispense_kept_before_its_order_is_linked_when_the_order_arrives(clien
     by_order = [p["resource"] for p in provenances
                 if p["resource"]["meta"]["source"] == "urn:hl7v2:BOAO_SUPER_HOSPITAL:BSH20260315000001"]
     assert f"MedicationDispense/{waiting['id']}/_history/2" in [t["reference"] for t in by_order[0]["target"]]
+
+
+def _imported_device_report(with_approval: bool) -> bytes:
+    fields = {1: "HNLC-M-0101^Leadless cardiac pacemaker^HNLC-DEVICE", 3: "IMP^Implant^HNLC-CLASS",
+              7: "20260320", 12: "LOT-MC2A-0911", 20: "M", 21: "OT"}     # PCR-7 implanted, PCR-20/21
+    pcr = "PCR|" + "|".join(fields.get(n, "") for n in range(1, 22)) + "\r"
+    zlc = "ZLC|1|LC2026-D-0101|FIRST_USE|20260301|HNMPA^Hainan Medical Products Administration\r"
+    raw = sample("pex_p07_adverse_event.hl7").replace(b"BSH20260402000031", b"BSH20260402000032")
+    return raw.rstrip(b"\r\n") + b"\r" + (pcr + (zlc if with_approval else "")).encode()
+
+
+def test_an_imported_device_named_in_a_report_carries_its_pilot_zone_approval(client):
+    _response, ack = post_hl7(client, _imported_device_report(with_approval=True))
+    assert ack_segment(ack, "MSA")[1] == "AA", ack
+    device = _search(client, "Device?type=HNLC-M-0101")["entry"][0]["resource"]
+    assert device["extension"][0]["url"] == f"{BASE}/StructureDefinition/pilot-zone-approval"
+    assert device["extension"][0]["extension"][0]["valueIdentifier"]["value"] == "LC2026-D-0101"
+    event = _search(client, f"AdverseEvent?substance=Device/{device['id']}")["entry"][0]["resource"]
+    assert [s["instance"]["reference"].split("/")[0] for s in event["suspectEntity"]] == ["Medication", "Device"]
+
+
+def test_an_imported_device_without_its_approval_is_refused_naming_the_rule(client):
+    _response, ack = post_hl7(client, _imported_device_report(with_approval=False))
+    assert ack_segment(ack, "MSA")[1] == "AE"
+    err = ack_segment(ack, "ERR")
+    assert err[2].startswith("PCR^") and "pilot-zone approval" in err[8]
+    assert _search(client, "AdverseEvent")["total"] == 0
