@@ -36,14 +36,25 @@ def comp(rep: list, index: int, sub: int = 1) -> str:
     return "" if value == EXPLICIT_NULL else value.strip()
 
 
+def _has_value(rep: list) -> bool:
+    """A repetition with at least one sub-component that is neither blank nor the explicit null."""
+    for c in rep:
+        for s in c:
+            if s and s != EXPLICIT_NULL and not s.isspace():
+                return True
+    return False
+
+
 def reps(field: Field | None) -> list:
     """Repetitions that carry at least one value."""
-    return [rep for rep in field or () if any(s.strip() and s != EXPLICIT_NULL for c in rep for s in c)]
+    return [rep for rep in field if _has_value(rep)] if field else []
 
 
 def first_rep(field: Field | None) -> list | None:
-    found = reps(field)
-    return found[0] if found else None
+    for rep in field or ():
+        if _has_value(rep):
+            return rep
+    return None
 
 
 def _compact(data: dict) -> dict:

@@ -14,6 +14,7 @@ import yaml
 
 _HL7_TABLE = re.compile(r"^HL7(\d{4})$")
 V2_TABLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-{}"
+_MEMO_LIMIT = 4096
 
 
 @dataclass
@@ -24,6 +25,8 @@ class Terminology:
     identifier_authorities: dict[str, str]
     identifier_kinds: dict[str, str]
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _identifier_systems: dict[tuple[str, str, str, str], str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, mappings_dir: str | Path) -> "Terminology":
@@ -54,7 +57,21 @@ class Terminology:
     def identifier_system(self, namespace: str, universal_id: str = "", universal_id_type: str = "",
                           kind: str = "") -> str | None:
         """System for an identifier issued by an assigning authority (an HD): an OID wins, then a
-        fixed authority, then ``{base}/sid/<AUTHORITY>/<kind>``. None when there is no authority."""
+        fixed authority, then ``{base}/sid/<AUTHORITY>/<kind>``. None when there is no authority.
+
+        Answers are remembered: a feed names a handful of authorities, over and over. The memo is
+        bounded, since the names come from the messages."""
+        key = (namespace, universal_id, universal_id_type, kind)
+        memo = self._identifier_systems
+        if key in memo:
+            return memo[key]
+        system = self._identifier_system(namespace, universal_id, universal_id_type, kind)
+        if len(memo) < _MEMO_LIMIT:
+            memo[key] = system
+        return system
+
+    def _identifier_system(self, namespace: str, universal_id: str, universal_id_type: str,
+                           kind: str) -> str | None:
         if universal_id and universal_id_type.upper() in ("ISO", "OID"):
             return f"urn:oid:{universal_id}"
         if universal_id and universal_id_type.upper() in ("URI", "URL"):

@@ -22,8 +22,8 @@ class TimestampError(ValueError):
 
 def _parts(value: str) -> tuple[list[str | None], str | None]:
     value = value.strip()
-    # v2.3 TS may carry a degree of precision component: keep only the timestamp
-    value = value.split("^", 1)[0]
+    if "^" in value:    # v2.3 TS may carry a degree of precision component: keep only the timestamp
+        value = value.split("^", 1)[0]
     match = _DTM.match(value)
     if not match:
         raise TimestampError(f"'{value}' is not an HL7 date/time (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
@@ -39,6 +39,10 @@ def _parts(value: str) -> tuple[list[str | None], str | None]:
 def to_date(value: str) -> str:
     """FHIR ``date`` at the precision given (``2026``, ``2026-03``, ``2026-03-15``)."""
     (year, month, day, *_), _offset = _parts(value)
+    return _date_text(year, month, day)
+
+
+def _date_text(year: str, month: str | None, day: str | None) -> str:
     text = year
     if month:
         text += f"-{month}"
@@ -52,9 +56,9 @@ def to_datetime(value: str, zone: ZoneInfo | None, warnings: list[str] | None = 
                 where: str = "") -> str:
     """FHIR ``dateTime``: a date keeps its precision; a time is filled to seconds and gets an offset."""
     (year, month, day, hour, minute, second, fraction), offset = _parts(value)
+    date_part = _date_text(year, month, day)         # read once: the value is parsed once
     if not hour:
-        return to_date(value)
-    date_part = to_date(value)
+        return date_part
     time_part = f"{hour}:{minute or '00'}:{second or '00'}{fraction or ''}"
     if offset is None:
         if zone is None:
