@@ -218,3 +218,33 @@ def test_an_imported_device_without_its_approval_is_refused_naming_the_rule(clie
     err = ack_segment(ack, "ERR")
     assert err[2].startswith("PCR^") and "pilot-zone approval" in err[8]
     assert _search(client, "AdverseEvent")["total"] == 0
+
+
+def test_an_update_report_p08_changes_the_same_adverse_event(client):
+    post_hl7(client, sample("pex_p07_adverse_event.hl7"))
+    _response, ack = post_hl7(client, _variant("pex_p07_adverse_event.hl7",
+                                               (b"BSH20260402000031", b"BSH20260409000050"),
+                                               (b"PEX^P07^PEX_P07", b"PEX^P08^PEX_P08"), (b"|A|N|Y|R|R|", b"|A|N|Y|R|F|")))
+    assert ack_segment(ack, "MSA")[1] == "AA"
+    events = _search(client, "AdverseEvent")
+    assert events["total"] == 1
+    event = events["entry"][0]["resource"]
+    assert event["meta"]["versionId"] == "2"
+    assert event["outcome"]["coding"][0]["code"] == "resolved"
+
+
+def test_a_device_first_stored_by_its_udi_and_serial_alone_is_the_device_the_oru_updates(client):
+    """The identity contract from the other side: the CSV device register stores the Device with the
+    UDI+serial identifier only; the ORU's PRT finds it by that identifier and adds the hospital's number."""
+    created = client.post("/fhir/Device", json={
+        "resourceType": "Device", "status": "active",
+        "identifier": [{"system": f"{BASE}/sid/device-udi-serial", "value": "00643169007222:SN-PMC-778812"}],
+        "udiCarrier": [{"deviceIdentifier": "00643169007222", "issuer": "http://hl7.org/fhir/NamingSystem/gs1-di"}]})
+    assert created.status_code == 201, created.data
+    _response, ack = post_hl7(client, sample("oru_r01_device_use.hl7"))
+    assert ack_segment(ack, "MSA")[1] == "AA"
+    devices = _search(client, "Device")
+    assert devices["total"] == 1
+    device = devices["entry"][0]["resource"]
+    assert device["id"] == created.get_json()["id"] and device["meta"]["versionId"] == "2"
+    assert [i["value"] for i in device["identifier"]] == ["00643169007222:SN-PMC-778812", "BRJ-DEV-7781"]
