@@ -28,7 +28,7 @@ which v2 field filled each element so a validation error can name the field in t
 from __future__ import annotations
 
 import re
-import uuid
+from random import getrandbits
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -334,7 +334,7 @@ class MappingSpec:
             return None
         resource: dict[str, Any] = {"resourceType": spec.type}
         mapped = MappedResource(key=spec.key, type=spec.type, resource=resource,
-                                temp_id=f"urn:uuid:{uuid.uuid4()}", identity=[], lifecycle=spec.lifecycle)
+                                temp_id=_temp_id(), identity=[], lifecycle=spec.lifecycle)
         self._fill(resource, spec.elements, ctx, lookup, scope, groups, made, mapped, "")
         ctx.location = ""
         content = set(resource) - {"resourceType"}
@@ -511,6 +511,12 @@ def _made_for(entries: list[tuple[frozenset | None, str]] | None, scope: _Scope)
                 return temp
     return next((temp for ids, temp in entries if ids is None), None)
 
+
+def _temp_id() -> str:
+    """A ``urn:uuid:`` (random, version 4) for a resource until the store gives it an id. Built from
+    ``getrandbits`` (reseeded in forked workers) rather than ``uuid.uuid4()``: a fifth of the cost."""
+    h = "%032x" % (getrandbits(128) & 0xFFFFFFFFFFFF0FFF3FFFFFFFFFFFFFFF | 0x00000000000040008000000000000000)
+    return f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 def first_by_name(segments: list[Segment]) -> dict[str, Segment]:
     """The first segment of each name, for lookups in a group or message."""

@@ -38,3 +38,17 @@ def test_identifier_system_answers_the_same_from_its_memo_and_keeps_the_memo_bou
     for i in range(terminology_module._MEMO_LIMIT + 10):
         assert terms.identifier_system(f"H{i}", "", "", "MR") == terms._identifier_system(f"H{i}", "", "", "MR")
     assert len(terms._identifier_systems) == terminology_module._MEMO_LIMIT
+
+
+def test_temp_ids_are_distinct_rfc4122_version_4_uuids():
+    import uuid
+
+    from gateway.mapping.engine import _temp_id
+
+    ids = [_temp_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for temp in ids:
+        assert temp.startswith("urn:uuid:")
+        parsed = uuid.UUID(temp[len("urn:uuid:"):])
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == temp[len("urn:uuid:"):]
