@@ -52,7 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = None
     if not args.no_workers:             # routing: deliver the outbox from this process
         from gateway.routing import make_workers
-        workers = make_workers(app.extensions["gateway"]).start()
+        gateway = app.extensions["gateway"]
+        workers = make_workers(gateway.config, gateway.store.engine, gateway.routes).start()
     try:
         serve(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway")
     finally:

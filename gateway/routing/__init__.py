@@ -20,13 +20,12 @@ __all__ = ["Router", "RoutingOutcome", "Routes", "RoutesError", "load_routes", "
            "routed_resource_ids", "routed_resource_ids_query", "make_workers"]
 
 
-def make_workers(gateway: Any, threads: int | None = None):
-    """Delivery workers for a :class:`gateway.runtime.Gateway`: Redis Streams consumers when
-    ``REDIS_URL`` is set, else threads in this process. Not started: call ``.start()``."""
+def make_workers(config: dict, engine: Any, routes: Routes, threads: int | None = None):
+    """Delivery workers: Redis Streams consumers when ``REDIS_URL`` is set, else threads in this
+    process. They need only the database and the routes (a worker process loads no mappings or
+    profiles). Not started: call ``.start()``, and ``.stop()`` at the end."""
     from gateway.routing.delivery import Deliverer
-    config = gateway.config
-    deliverer = Deliverer(gateway.store.engine, gateway.routes, config.get("BASE_URL") or "",
-                          float(config["DELIVERY_LEASE_SECONDS"]))
+    deliverer = Deliverer(engine, routes, config.get("BASE_URL") or "", float(config["DELIVERY_LEASE_SECONDS"]))
     threads = int(threads or config["DELIVERY_THREADS"])
     poll = int(config["DELIVERY_POLL_MS"]) / 1000.0
     if config.get("REDIS_URL"):

@@ -5,23 +5,36 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from gateway.config import load_config
 
 
-def _gateway(args: argparse.Namespace):
-    from gateway.runtime import Gateway
-    overrides = {"DATA_DIR": args.data_dir} if getattr(args, "data_dir", None) else {}
-    return Gateway.from_config(load_config(overrides))
+def _config(args: argparse.Namespace) -> dict:
+    return load_config({"DATA_DIR": args.data_dir} if getattr(args, "data_dir", None) else {})
+
+
+def _engine(config: dict):
+    from gateway.store import make_engine
+    if config["DATABASE_URL"].startswith("sqlite:///"):
+        Path(config["DATABASE_URL"][len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return make_engine(config["DATABASE_URL"])
+
+
+def _outbox(args: argparse.Namespace):
+    from gateway.routing import Outbox
+    return Outbox(_engine(_config(args)))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run delivery workers alone (no HTTP): threads here, or a Redis Streams consumer group member."""
-    from gateway.routing import make_workers
-    gateway = _gateway(args)
-    workers = make_workers(gateway, args.threads).start()
-    mode = f"Redis Streams ({gateway.config['REDIS_URL']})" if gateway.config.get("REDIS_URL") else "in-process"
-    print(f"delivery worker: {workers.threads} thread(s), {mode}, routes {gateway.routes.source}", flush=True)
+    """Run delivery workers alone (no HTTP): threads here, or a Redis Streams consumer group member.
+    Only the database and routes.yaml are loaded, so a worker starts in a second or two."""
+    from gateway.routing import load_routes, make_workers
+    config = _config(args)
+    routes = load_routes(config["ROUTES_FILE"])
+    workers = make_workers(config, _engine(config), routes, args.threads).start()
+    mode = f"Redis Streams ({config['REDIS_URL']})" if config.get("REDIS_URL") else "in-process"
+    print(f"delivery worker: {workers.threads} thread(s), {mode}, routes {routes.source}", flush=True)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
@@ -31,7 +44,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries_list(args: argparse.Namespace) -> int:
-    outbox = _gateway(args).outbox
+    outbox = _outbox(args)
     shown = 0
     print(f"{'id':>7}  {'status':9} {'destination':22} {'resource':58} {'tries':>5}  last error")
     for delivery in outbox.iterate(args.status, args.destination):
@@ -49,7 +62,7 @@ def cmd_deliveries_list(args: argparse.Namespace) -> int:
 
 def cmd_deliveries_replay(args: argparse.Namespace) -> int:
     from gateway.routing import ReplayRefused
-    outbox = _gateway(args).outbox
+    outbox = _outbox(args)
     failed = False
     ids = list(args.ids)
     if args.all_dead:

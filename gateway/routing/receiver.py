@@ -63,7 +63,7 @@ class Receiver:
     def start(self, port: int = 0) -> "Receiver":
         self._server = make_server("127.0.0.1", port or self.port, self.app, threaded=True)
         self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"receiver-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"receiver-{self.name}", daemon=True)
         self._thread.start()
         return self
 

@@ -99,7 +99,8 @@ def make_gateway(tmp_path):
     def make(routes_file, threads: int = 2, **config):
         app = create_app({"DATA_DIR": str(tmp_path / f"gw{len(made)}"), "TESTING": True,
                           "ROUTES_FILE": str(routes_file), "DELIVERY_POLL_MS": 20, **config})
-        workers = make_workers(app.extensions["gateway"], threads).start()
+        gateway = app.extensions["gateway"]
+        workers = make_workers(gateway.config, gateway.store.engine, gateway.routes, threads).start()
         made.append(workers)
         return app, workers
 
