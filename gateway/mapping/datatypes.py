@@ -29,8 +29,13 @@ def converter(name: str) -> Callable:
 
 def comp(rep: list, index: int, sub: int = 1) -> str:
     """Component ``index`` (1-based), sub-component ``sub`` of one repetition; '' when absent."""
+    if index > len(rep):            # absent components are common (CWE-9 of a 3-part CWE): no raise
+        return ""
+    components = rep[index - 1]
+    if sub > len(components):
+        return ""
     try:
-        value = rep[index - 1][sub - 1]
+        value = components[sub - 1]
     except IndexError:
         return ""
     return "" if value == EXPLICIT_NULL else value.strip()
@@ -58,7 +63,8 @@ def first_rep(field: Field | None) -> list | None:
 
 
 def _compact(data: dict) -> dict:
-    return {k: v for k, v in data.items() if v not in (None, "", [], {})}
+    """``data`` without None, "", [] and {} (0 and False are values and stay)."""
+    return {k: v for k, v in data.items() if v or not (v is None or isinstance(v, (str, list, dict)))}
 
 
 # ---------------------------------------------------------------- plain values
@@ -87,6 +93,8 @@ def decimal(ctx, field: Field, component: int = 1) -> float | int | None:
     raw = string(ctx, field, component)
     if raw is None:
         return None
+    if raw.isascii() and raw.isdigit():     # a plain whole number (most quantities): no Decimal needed
+        return int(raw)
     try:
         number = Decimal(raw)
     except InvalidOperation:
@@ -182,20 +190,25 @@ def _coding(ctx, code: str, display: str, system_name: str, default_system: str 
         system = ctx.terminology.coding_system(default_system)[0]
     if not code:
         return None
-    return _compact({"system": system, "code": code, "display": display or None})
+    coding = {"system": system, "code": code} if system else {"code": code}
+    if display:
+        coding["display"] = display
+    return coding
 
 
 def cwe_concept(ctx, rep: list, default_system: str | None = None) -> dict | None:
     """One CWE/CE repetition -> CodeableConcept: .1-.3 and .4-.6 as codings, .9 (original text) as text."""
-    codings = [c for c in (
-        _coding(ctx, comp(rep, 1), comp(rep, 2), comp(rep, 3), default_system),
-        _coding(ctx, comp(rep, 4), comp(rep, 5), comp(rep, 6), None),
-    ) if c]
+    first = _coding(ctx, comp(rep, 1), comp(rep, 2), comp(rep, 3), default_system)
+    alternate = _coding(ctx, comp(rep, 4), comp(rep, 5), comp(rep, 6), None) if len(rep) > 3 else None
+    codings = [c for c in (first, alternate) if c]
     text_value = comp(rep, 9)
     if not codings and not text_value:
         # a text-only CE (display without a code) keeps its words
         text_value = comp(rep, 2) or comp(rep, 5)
-    return _compact({"coding": codings, "text": text_value or None}) or None
+    concept: dict = {"coding": codings} if codings else {}
+    if text_value:
+        concept["text"] = text_value
+    return concept or None
 
 
 @converter("codeable_concept")

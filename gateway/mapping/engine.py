@@ -41,6 +41,7 @@ from gateway.mapping.datatypes import CONVERTERS, EXPLICIT_NULL
 from gateway.mapping.terminology import Terminology
 
 _FIELD_REF = re.compile(r"^([A-Z][A-Z0-9]{2})(?:-(\d+)(?:\.(\d+))?)?$")
+_FIELD_REFS: dict[str, "FieldRef"] = {}      # text -> parsed, bounded (FieldRef is frozen: safe to share)
 _PATH_TOKEN = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\[(\d*)\])?$")
 
 
@@ -72,11 +73,18 @@ class FieldRef:
 
     @classmethod
     def parse(cls, text: str, where: str) -> "FieldRef":
+        """``'PID-3.4'`` -> FieldRef. Remembered: ``when:`` conditions parse theirs on every message."""
+        known = _FIELD_REFS.get(text) if cls is FieldRef and type(text) is str else None
+        if known is not None:
+            return known
         match = _FIELD_REF.match(str(text).strip())
         if not match:
             raise MappingError(f"{where}: '{text}' is not a field reference like 'RXE-2' or 'PID-3.4'")
         seg, fld, cmp = match.groups()
-        return cls(seg, int(fld) if fld else None, int(cmp) if cmp else None)
+        ref = cls(seg, int(fld) if fld else None, int(cmp) if cmp else None)
+        if cls is FieldRef and type(text) is str and len(_FIELD_REFS) < 4096:
+            _FIELD_REFS[text] = ref
+        return ref
 
 
 @dataclass

@@ -52,3 +52,41 @@ def test_temp_ids_are_distinct_rfc4122_version_4_uuids():
         parsed = uuid.UUID(temp[len("urn:uuid:"):])
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
         assert str(parsed) == temp[len("urn:uuid:"):]
+
+
+def test_compact_drops_exactly_what_compares_equal_to_none_empty_string_list_or_dict():
+    from gateway.mapping.datatypes import _compact
+
+    class Text(str):
+        pass
+
+    values = [None, "", [], {}, 0, 0.0, False, True, (), set(), "a", [0], {"a": None}, Text(""), Text("x"), 1, -1.5]
+    data = {f"k{i}": v for i, v in enumerate(values)}
+    assert _compact(data) == {k: v for k, v in data.items() if v not in (None, "", [], {})}
+    assert list(_compact(data)) == [k for k, v in data.items() if v not in (None, "", [], {})]
+
+
+def test_decimal_reads_plain_whole_numbers_as_the_decimal_path_does():
+    from decimal import Decimal
+
+    from gateway.mapping.datatypes import decimal
+
+    for raw in ["0", "7", "007", "300", "12345678901234567890", "1.0", "1.50", "-3", "+4", "2E3", " 6"]:
+        number = Decimal(raw.strip())
+        expected = int(number) if number == number.to_integral_value() and "." not in raw else float(number)
+        got = decimal(None, [[[raw]]])
+        assert got == expected and type(got) is type(expected), raw
+
+
+def test_field_refs_parse_the_same_when_remembered_and_bad_ones_fail_every_time():
+    import pytest
+
+    from gateway.mapping.engine import FieldRef, MappingError
+
+    for text in ["PID-3", "PID-3.4", "TQ1", "ORC-12", " RXE-2 "]:
+        first, again = FieldRef.parse(text, "here"), FieldRef.parse(text, "there")
+        assert first == again
+    assert FieldRef.parse("PID-3.4", "x") == FieldRef("PID", 3, 4)
+    for _ in range(2):
+        with pytest.raises(MappingError, match="rows: 'pid-3' is not a field reference"):
+            FieldRef.parse("pid-3", "rows")
