@@ -47,9 +47,16 @@ class ExportRequest:
     @classmethod
     def from_json(cls, request_url: str, data: bytes) -> "ExportRequest":
         raw = orjson.loads(data)
-        filters = {t: [[SearchCriterion(**c) for c in criteria] for criteria in sets]
+        filters = {t: [[_criterion(c) for c in criteria] for criteria in sets]
                    for t, sets in raw["type_filters"].items()}
         return cls(raw["kind"], request_url, raw["types"], raw["since"], filters)
+
+
+def _criterion(data: dict) -> SearchCriterion:
+    """A criterion back from its JSON form (chains nest)."""
+    chain = data.get("chain")
+    return SearchCriterion(**{**data, "chain": _criterion(chain) if chain else None}) if "chain" in data \
+        else SearchCriterion(**data)
 
 
 @dataclass

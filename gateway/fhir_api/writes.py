@@ -21,10 +21,10 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 from gateway.store import ResourceStore, SearchCriterion, SearchError, StoreError, StoreTransaction
+from gateway.store.search import parse_search
 from gateway.validation import Issue, Validator, operation_outcome
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_CONTROL_PARAMS = {"_format", "_pretty", "_count", "_summary", "_elements"}
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class WriteResult:
         return operation_outcome(self.warnings)
 
 
-OnStored = Callable[[StoreTransaction, list[tuple[Any, dict, str]], Any], None]
+OnStored = Callable[[StoreTransaction, list[tuple[Any, dict, str]], Any], Any]
 
 
 class FhirWriter:
@@ -109,7 +109,9 @@ class FhirWriter:
         with self.store.write() as tx:
             written: list[tuple[Any, dict, str]] = []
             result = self._apply(tx, request, written, "")
-            self._route(tx, written, origin)
+            routed = self._route(tx, written, origin)
+        for held in getattr(routed, "held", None) or []:
+            result.warnings.append(Issue("warning", "informational", f"stored, held by routing: {held}"))
         return result
 
     # ------------------------------------------------------------------ Bundles
@@ -338,28 +340,24 @@ class FhirWriter:
         return {"resource": resource, "response": {"status": "200 OK", "etag": f'W/"{resource["meta"]["versionId"]}"',
                                                    "lastModified": resource["meta"]["lastUpdated"]}}
 
-    def _route(self, tx: StoreTransaction, written: list, origin: FhirOrigin) -> None:
+    def _route(self, tx: StoreTransaction, written: list, origin: FhirOrigin) -> Any:
+        """The routing hook's answer (what it held), None when routing is not wired or nothing was written."""
         hook = self._on_stored()
         if hook is not None and written:
-            hook(tx, written, origin)
+            return hook(tx, written, origin)
+        return None
 
 
 def criteria_from_query(store: ResourceStore, resource_type: str, query: str) -> list[SearchCriterion]:
-    """A search query string (``identifier=sys|v&status=active``) -> criteria; unknown parameters refused.
+    """A search query string (``identifier=sys|v&status=active``) -> criteria, by the search engine's parser.
 
     Conditional writes and ``_typeFilter`` must match exactly what they say, so unlike a search
     (which may ignore an unknown parameter with a warning) an unknown one is an error here.
     """
-    known = store.params.for_type(resource_type)
-    criteria = []
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key in _CONTROL_PARAMS:
-            continue
-        name, _, modifier = key.partition(":")
-        if name not in known and name not in ("_id", "_lastUpdated"):
-            raise SearchError(f"unknown search parameter '{key}' for {resource_type}")
-        criteria.append(SearchCriterion(name, [v for v in value.split(",") if v], modifier or None))
-    return criteria
+    parsed = parse_search(store.params, resource_type, parse_qsl(query, keep_blank_values=True))
+    if parsed.unknown:
+        raise SearchError(f"unknown search parameter(s) for {resource_type}: {', '.join(parsed.unknown)}")
+    return parsed.criteria
 
 
 _METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}

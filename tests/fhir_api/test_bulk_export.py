@@ -15,6 +15,7 @@ from gateway.export import ExportRequest
 from gateway.store import schema
 from gateway.validation import has_errors
 from test_writes import patient
+from tests.security.credentials import authenticated
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
@@ -130,6 +131,17 @@ def test_type_filter_and_since_narrow_the_export(client, gateway):
     assert later == (200, {**later[1], "output": []})
 
 
+def test_type_filter_uses_the_search_engine_chains_included(client):
+    post_hl7(client, sample("rde_o11_new_imported.hl7"))
+    post_hl7(client, sample("rde_o11_two_orders_gb18030.hl7"))
+    query = "MedicationRequest?subject:Patient.birthdate=1975-06-12"
+    expected = client.get(f"/fhir/{query}").get_json()["total"]
+    assert expected > 0
+    status, manifest = finish(client, kick_off(client, "/fhir/$export?_type=MedicationRequest&_typeFilter="
+                                               + quote(query)))
+    assert manifest["output"][0]["count"] == expected
+
+
 def test_status_of_a_queued_job_is_202_with_progress(app, client, gateway):
     client.get("/fhir/bulkstatus/none")          # makes the app's export jobs (and resumes nothing)
     job_id = "00000000-0000-4000-8000-000000000001"
@@ -144,7 +156,7 @@ def test_a_restarted_gateway_resumes_unfinished_jobs(tmp_path):
     seed_patients(first.extensions["gateway"], 3)
     job_id = "00000000-0000-4000-8000-000000000002"
     _insert_job(first.extensions["gateway"], job_id)        # accepted, then the process "died"
-    second = create_app({"DATA_DIR": str(tmp_path), "TESTING": True}).test_client()
+    second = authenticated(create_app({"DATA_DIR": str(tmp_path), "TESTING": True}), "admin")
     status, manifest = finish(second, f"http://localhost/fhir/bulkstatus/{job_id}")
     assert status == 200 and manifest["output"][0]["count"] == 3
 

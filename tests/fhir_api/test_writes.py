@@ -235,3 +235,14 @@ def test_a_failing_routing_hook_rolls_the_write_back(client, gateway):
 @pytest.mark.parametrize("bad_id", ["has space", "x" * 65, "ü"])
 def test_invalid_ids_are_refused(client, bad_id):
     assert client.put(f"/fhir/Patient/{bad_id}", json=patient(id=bad_id)).status_code == 400
+
+
+def test_what_routing_holds_comes_back_as_a_warning(client, gateway):
+    class Held:
+        held = ["Patient/x: waiting for review"]
+
+    gateway.pipeline.on_stored = lambda tx, written, origin: Held()
+    response = client.post("/fhir/Patient", json=patient(), headers={"Prefer": "return=OperationOutcome"})
+    assert response.status_code == 201
+    assert response.get_json()["issue"] == [{"severity": "warning", "code": "informational",
+                                             "diagnostics": "stored, held by routing: Patient/x: waiting for review"}]
