@@ -81,6 +81,11 @@ def cmd_deliveries_replay(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+    return run_demo(verbose=args.verbose)
+
+
 def add_routing_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     worker = sub.add_parser("worker", help="run delivery workers only (Redis Streams when GATEWAY_REDIS_URL is set)")
     worker.add_argument("--threads", type=int, help="worker threads (GATEWAY_DELIVERY_THREADS, default 4)")
@@ -98,3 +103,7 @@ def add_routing_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subpa
     replay.add_argument("--all-dead", action="store_true", help="every dead delivery (of --destination)")
     replay.add_argument("--destination")
     replay.set_defaults(func=cmd_deliveries_replay)
+
+    demo = sub.add_parser("demo", help="gateway + prescription center + regulators on loopback; send every sample")
+    demo.add_argument("--verbose", action="store_true")
+    demo.set_defaults(func=cmd_demo)
