@@ -126,7 +126,8 @@ def export_status(job_id: str) -> Response:
     manifest = {
         "transactionTime": job.transaction_time,
         "request": job.request.request_url,
-        "requiresAccessToken": False,
+        # the files are served under /fhir like everything else: a token when the security layer is on
+        "requiresAccessToken": "security" in current_app.extensions,
         "output": [{"type": o.type, "url": f"{base}/bulkfiles/{job.id}/{o.file}", "count": o.count}
                    for o in job.output],
         "error": [],
