@@ -29,6 +29,12 @@ def seed_patients(gateway, n: int) -> set[str]:
     return ids
 
 
+def load_orders(client) -> None:
+    """Three orders for two patients, with their practitioners, organizations and encounters."""
+    for name in ("rde_o11_new_imported.hl7", "rde_o11_two_orders_gb18030.hl7"):
+        assert post_hl7(client, sample(name))[0].status_code == 200
+
+
 def finish(client, location: str) -> tuple[int, dict | None]:
     path = location[location.index("/fhir/"):]
     for _ in range(400):
@@ -90,8 +96,7 @@ def test_system_export_of_500_patients_every_line_parses_and_validates(app, clie
 
 
 def test_export_of_everything_lists_one_file_per_type_with_counts(client, gateway):
-    post_hl7(client, sample("rde_o11_new_imported.hl7"))
-    post_hl7(client, sample("rde_o11_two_orders_gb18030.hl7"))
+    load_orders(client)
     status, manifest = finish(client, kick_off(client, "/fhir/$export"))
     assert status == 200
     counts = {o["type"]: o["count"] for o in manifest["output"]}
@@ -105,8 +110,7 @@ def test_export_of_everything_lists_one_file_per_type_with_counts(client, gatewa
 
 
 def test_patient_export_keeps_the_patient_compartment_only(client):
-    post_hl7(client, sample("rde_o11_new_imported.hl7"))
-    post_hl7(client, sample("rde_o11_two_orders_gb18030.hl7"))
+    load_orders(client)
     status, manifest = finish(client, kick_off(client, "/fhir/Patient/$export"))
     assert status == 200
     counts = {o["type"]: o["count"] for o in manifest["output"]}
@@ -118,8 +122,7 @@ def test_patient_export_keeps_the_patient_compartment_only(client):
 
 
 def test_type_filter_and_since_narrow_the_export(client, gateway):
-    post_hl7(client, sample("rde_o11_new_imported.hl7"))
-    post_hl7(client, sample("rde_o11_two_orders_gb18030.hl7"))
+    load_orders(client)
     url = "/fhir/$export?_type=MedicationRequest,Patient&_typeFilter=" + quote(
         "MedicationRequest?identifier=HMU-RX-1001") + "," + quote("MedicationRequest?identifier=BSH-RX-0001")
     status, manifest = finish(client, kick_off(client, url))
@@ -132,8 +135,7 @@ def test_type_filter_and_since_narrow_the_export(client, gateway):
 
 
 def test_type_filter_uses_the_search_engine_chains_included(client):
-    post_hl7(client, sample("rde_o11_new_imported.hl7"))
-    post_hl7(client, sample("rde_o11_two_orders_gb18030.hl7"))
+    load_orders(client)
     query = "MedicationRequest?subject:Patient.birthdate=1975-06-12"
     expected = client.get(f"/fhir/{query}").get_json()["total"]
     assert expected > 0
