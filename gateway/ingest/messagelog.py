@@ -10,13 +10,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Engine
 
 from gateway.store import now_instant
 from gateway.store.schema import message_log
 
 FINISHED = ("processed", "error", "rejected", "on-hold")
+
+# Statements built once: SQLAlchemy builds and keys an expression in about as much time as SQLite
+# takes to run it, and the log runs these for every message. Values come as execute parameters.
+_INSERT = insert(message_log)
+_UPDATE = update(message_log).where(message_log.c.id == bindparam("log_id"))
+_SAME_SENDER = select(
+    message_log,
+    (message_log.c.content_sha256 == select(message_log.c.content_sha256)
+     .where(message_log.c.id == bindparam("log_id")).scalar_subquery()).label("same_content"),
+).where(message_log.c.sender_facility == bindparam("facility"),
+        message_log.c.control_id == bindparam("control"),
+        message_log.c.id != bindparam("log_id")).order_by(message_log.c.id)
+_BY_ID = select(message_log).where(message_log.c.id == bindparam("log_id"))
 
 
 @dataclass
@@ -49,37 +62,35 @@ class MessageLog:
     def receive(self, raw: bytes, *, transport: str, format: str = "hl7v2") -> int:
         """Store the bytes as they came; returns the log id. Called before anything can fail."""
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            return conn.execute(insert(message_log).values(
-                received_at=now_instant(), transport=transport, format=format, raw=raw,
-                content_sha256=hashlib.sha256(raw).hexdigest(), status="received")).inserted_primary_key[0]
+            return conn.execute(_INSERT, {
+                "received_at": now_instant(), "transport": transport, "format": format, "raw": raw,
+                "content_sha256": hashlib.sha256(raw).hexdigest(), "status": "received"}).inserted_primary_key[0]
 
     def identify(self, log_id: int, *, sender_application: str, sender_facility: str, control_id: str,
                  message_type: str) -> None:
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            conn.execute(update(message_log).where(message_log.c.id == log_id).values(
-                sender_application=sender_application, sender_facility=sender_facility,
-                control_id=control_id, message_type=message_type))
+            conn.execute(_UPDATE, {"log_id": log_id, "sender_application": sender_application,
+                                   "sender_facility": sender_facility, "control_id": control_id,
+                                   "message_type": message_type})
 
     def earlier_arrivals(self, log_id: int, sender_facility: str, control_id: str) -> "EarlierArrivals":
         """What this sender sent before under the same control id, in one query: the first finished
         arrival with the same content (its ACK is the answer to a resend), and whether any arrival
         had other content (the sender's counter was reset)."""
         with self.engine.connect() as conn:
-            sha = conn.execute(select(message_log.c.content_sha256).where(message_log.c.id == log_id)).scalar_one()
-            rows = conn.execute(select(message_log).where(
-                message_log.c.sender_facility == sender_facility, message_log.c.control_id == control_id,
-                message_log.c.id != log_id).order_by(message_log.c.id)).all()
-        same = next((r for r in rows if r.content_sha256 == sha and r.status in FINISHED), None)
-        return EarlierArrivals(_logged(same) if same else None, any(r.content_sha256 != sha for r in rows))
+            rows = conn.execute(_SAME_SENDER, {"log_id": log_id, "facility": sender_facility,
+                                               "control": control_id}).all()
+        same = next((r for r in rows if r.same_content and r.status in FINISHED), None)
+        return EarlierArrivals(_logged(same) if same else None, any(not r.same_content for r in rows))
 
     def finish(self, log_id: int, status: str, ack: bytes | None, detail: dict[str, Any]) -> None:
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            conn.execute(update(message_log).where(message_log.c.id == log_id).values(
-                status=status, ack=ack, detail=orjson.dumps(detail).decode()))
+            conn.execute(_UPDATE, {"log_id": log_id, "status": status, "ack": ack,
+                                   "detail": orjson.dumps(detail).decode()})
 
     def get(self, log_id: int) -> LoggedMessage | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(message_log).where(message_log.c.id == log_id)).first()
+            row = conn.execute(_BY_ID, {"log_id": log_id}).first()
         return _logged(row) if row else None
 
     def recent(self, limit: int = 100, status: str | None = None) -> list[LoggedMessage]:
