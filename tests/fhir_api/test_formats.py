@@ -163,3 +163,22 @@ def test_accept_quality_values_pick_the_preferred_format():
     assert negotiate(None, "*/*", None).name == "json"
     with pytest.raises(FormatError):
         negotiate("yaml", None, None)
+
+
+def test_a_transaction_can_be_sent_and_answered_in_xml(client):
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0b1d3b3e-1111-4c3a-9e1a-000000000001",
+         "resource": {"resourceType": "Organization", "name": "Boao Super Hospital"},
+         "request": {"method": "POST", "url": "Organization"}},
+        {"resource": {**patient(), "managingOrganization": {"reference": "urn:uuid:0b1d3b3e-1111-4c3a-9e1a-000000000001"}},
+         "request": {"method": "POST", "url": "Patient"}}]}
+    response = client.post("/fhir", data=resource_to_xml(bundle), content_type="application/fhir+xml",
+                           headers={"Accept": "application/fhir+xml", "Prefer": "return=minimal"})
+    assert response.status_code == 200
+    answer = parse_xml_resource(response.data)
+    assert answer["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in answer["entry"]] == ["201 Created", "201 Created"]
+    assert all("resource" not in e for e in answer["entry"])
+    org = answer["entry"][0]["response"]["location"].split("/_history")[0]
+    stored = client.get("/fhir/" + answer["entry"][1]["response"]["location"].split("/_history")[0])
+    assert stored.get_json()["managingOrganization"] == {"reference": org}
