@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import and_, delete, func, insert, or_, select, true, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.store import schema
@@ -165,19 +165,25 @@ class StoreTransaction:
                 schema.resources.c.res_type == key["res_type"], schema.resources.c.res_id == key["res_id"]
             ).values(**values))
         self.conn.execute(insert(schema.resource_versions).values(**key, **values, method=method))
-        self._unindex(key["res_type"], key["res_id"])
+        if not insert_current:          # a resource written for the first time has no index rows yet
+            self._unindex(key["res_type"], key["res_id"])
         self._index(resource)
         return resource
 
     def _unindex(self, resource_type: str, resource_id: str) -> None:
-        for table in schema.INDEX_TABLES.values():
-            self.conn.execute(delete(table).where(table.c.res_type == resource_type, table.c.res_id == resource_id))
+        for statement in _UNINDEX_STATEMENTS:
+            self.conn.execute(statement, {"res_type_": resource_type, "res_id_": resource_id})
 
     def _index(self, resource: dict) -> None:
         rows = index_rows(self.store.params, resource, self.store.zone)
         for search_type, table_rows in rows.items():
             if table_rows:
                 self.conn.execute(insert(schema.INDEX_TABLES[search_type]), table_rows)
+
+
+# built once: constructing the statement per write cost more than running it
+_UNINDEX_STATEMENTS = [delete(t).where(t.c.res_type == bindparam("res_type_"), t.c.res_id == bindparam("res_id_"))
+                       for t in schema.INDEX_TABLES.values()]
 
 
 class ResourceStore:

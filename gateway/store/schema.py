@@ -41,19 +41,24 @@ def _index_table(name: str, *value_columns: Column) -> Table:
         Column("res_id", String(64), nullable=False),
         Column("param", String(64), nullable=False),
         *value_columns,
-        Index(f"ix_{name}_resource_param", "res_type", "res_id", "param"),  # unindexing; per-resource sort values
+        # unindexing a resource; a resource's sort value (covering, so it wins over the lookup index)
+        Index(f"ix_{name}_resource_param", "res_type", "res_id", "param", *[c.name for c in value_columns]),
     )
 
 
 idx_token = _index_table("idx_token", Column("system", String(255)), Column("code", String(255), nullable=False))
-Index("ix_idx_token_lookup", idx_token.c.res_type, idx_token.c.param, idx_token.c.code)
+# lookup indexes end with res_id so a search reads the index alone (covering)
+Index("ix_idx_token_lookup", idx_token.c.res_type, idx_token.c.param, idx_token.c.code, idx_token.c.system,
+      idx_token.c.res_id)
 idx_string = _index_table("idx_string", Column("value", String(512), nullable=False),
                          Column("exact", String(512)))   # as written, for :exact (value is case/accent folded)
-Index("ix_idx_string_lookup", idx_string.c.res_type, idx_string.c.param, idx_string.c.value)
+Index("ix_idx_string_lookup", idx_string.c.res_type, idx_string.c.param, idx_string.c.value, idx_string.c.res_id)
 idx_date = _index_table("idx_date", Column("low", String(32), nullable=False), Column("high", String(32), nullable=False))
-Index("ix_idx_date_lookup", idx_date.c.res_type, idx_date.c.param, idx_date.c.low)
+Index("ix_idx_date_lookup", idx_date.c.res_type, idx_date.c.param, idx_date.c.low, idx_date.c.high, idx_date.c.res_id)
+Index("ix_idx_date_high", idx_date.c.res_type, idx_date.c.param, idx_date.c.high, idx_date.c.low, idx_date.c.res_id)
 idx_reference = _index_table("idx_reference", Column("target", String(255), nullable=False))
-Index("ix_idx_reference_lookup", idx_reference.c.res_type, idx_reference.c.param, idx_reference.c.target)
+Index("ix_idx_reference_lookup", idx_reference.c.res_type, idx_reference.c.param, idx_reference.c.target,
+      idx_reference.c.res_id)
 
 INDEX_TABLES = {"token": idx_token, "string": idx_string, "date": idx_date, "reference": idx_reference}
 

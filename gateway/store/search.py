@@ -22,13 +22,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Iterable
 
 import orjson
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import String, and_, false, func, literal, not_, or_, select
+from sqlalchemy import Float, String, and_, exists, false, func, literal, not_, or_, select
 from sqlalchemy.engine import Connection
 
 from gateway.store import schema
@@ -261,8 +262,13 @@ def _include_spec(registry: SearchParameterRegistry, name: str, value: str, iter
 
 def build_conditions(store: "ResourceStore", resource_type: str, criteria: list[SearchCriterion]) -> list:
     """SQL conditions over ``schema.resources`` (type, not deleted: the caller's) for ANDed criteria."""
-    builder = ConditionBuilder(store.params, store.zone)
-    return [builder.condition(resource_type, schema.resources, c) for c in criteria]
+    return ConditionBuilder(store.params, store.zone).conditions(resource_type, schema.resources, criteria)
+
+
+# how narrow a criterion usually is: the narrowest one drives the query (its matching ids are read
+# from an index), every other one is checked per candidate with an EXISTS on (type, id, param)
+_NARROWNESS = {"token": 1, "reference": 1, "uri": 2, "string": 3, "quantity": 5, "number": 5, "date": 6}
+_NEVER_DRIVES = {"not", "missing", "contains", "above", "text"}
 
 
 class ConditionBuilder:
@@ -272,31 +278,62 @@ class ConditionBuilder:
         self.params = params
         self.zone = zone
 
-    def condition(self, resource_type: str, r, criterion: SearchCriterion):
+    def conditions(self, resource_type: str, r, criteria: list[SearchCriterion]) -> list:
+        ranks = [self._narrowness(resource_type, c) for c in criteria]
+        driver = None
+        if criteria and not any(rank == 0 for rank in ranks):      # an _id criterion drives by itself
+            best = min(ranks)
+            driver = ranks.index(best) if best < 9 else None
+        return [self.condition(resource_type, r, c, driving=(i == driver)) for i, c in enumerate(criteria)]
+
+    def _narrowness(self, resource_type: str, criterion: SearchCriterion) -> int:
         if criterion.param == "_has":
-            return self._reverse_chain(resource_type, r, criterion)
+            return 4
+        param = self.params.get(resource_type, criterion.param)
+        if param is None or criterion.modifier in _NEVER_DRIVES:
+            return 9
+        if param.column:
+            return 0 if param.type == "token" else 9
+        if criterion.chain is not None:
+            return 2
+        return _NARROWNESS.get(param.type, 9)
+
+    def condition(self, resource_type: str, r, criterion: SearchCriterion, driving: bool = True):
+        """The criterion as ``id IN (ids from the index)`` when it drives the query, else as an
+        ``EXISTS`` checked for each candidate through the (type, id, param) index."""
+        if criterion.param == "_has":
+            return self._reverse_chain(resource_type, r, criterion, driving)
         param = self.params.get(resource_type, criterion.param)
         if param is None:
             raise SearchError(f"unknown search parameter '{criterion.param}' for {resource_type}", criterion.param)
         if criterion.chain is not None:
-            return self._chain(resource_type, r, param, criterion)
+            return self._chain(resource_type, r, param, criterion, driving)
         if param.column:
             return self._column(r, param, criterion)
         table = schema.INDEX_TABLES[param.table]
         if criterion.modifier == "missing":
-            present = select(table.c.res_id).where(table.c.res_type == resource_type, table.c.param == param.name)
-            return or_(*[r.c.res_id.not_in(present) if v == "true" else r.c.res_id.in_(present)
-                         for v in criterion.values])
+            present = exists().where(table.c.res_type == resource_type, table.c.res_id == r.c.res_id,
+                                     table.c.param == param.name)
+            return or_(*[~present if v == "true" else present for v in criterion.values])
         if criterion.modifier == "text":
             table = schema.idx_string
-            match = or_(*[table.c.value.startswith(normalize_string(v), autoescape=True) for v in criterion.values])
         elif criterion.modifier == "identifier":
             table = schema.idx_token
-            match = or_(*[_token_condition(table, v) for v in criterion.values])
+        # an EXISTS check must reach its rows by (type, id, param): its value columns are wrapped so
+        # the planner cannot pick a value index instead (it would scan every resource's rows)
+        values = table if driving and criterion.modifier != "not" else _opaque(table)
+        if criterion.modifier == "text":
+            match = or_(*[_starts_with(values.c.value, normalize_string(v)) for v in criterion.values])
+        elif criterion.modifier == "identifier":
+            match = or_(*[_token_condition(values, v) for v in criterion.values])
         else:
-            match = or_(*[self._value(param, table, v, criterion.modifier) for v in criterion.values])
-        matching = select(table.c.res_id).where(table.c.res_type == resource_type, table.c.param == param.name, match)
-        return r.c.res_id.not_in(matching) if criterion.modifier == "not" else r.c.res_id.in_(matching)
+            match = or_(*[self._value(param, values, v, criterion.modifier) for v in criterion.values])
+        if driving and criterion.modifier != "not":
+            return r.c.res_id.in_(select(table.c.res_id).where(table.c.res_type == resource_type,
+                                                               table.c.param == param.name, match))
+        found = exists().where(table.c.res_type == resource_type, table.c.res_id == r.c.res_id,
+                               table.c.param == param.name, match)
+        return ~found if criterion.modifier == "not" else found
 
     # ---------------------------------------------------------- per type
 
@@ -316,7 +353,7 @@ class ConditionBuilder:
             needle = normalize_string(value)
             if modifier == "contains":
                 return table.c.value.contains(needle, autoescape=True)
-            return table.c.value.startswith(needle, autoescape=True)
+            return _starts_with(table.c.value, needle)
         if kind == "reference":
             if "/" not in value and not modifier and not param.targets:   # a bare id, any type
                 return table.c.target.endswith(f"/{value}", autoescape=True)
@@ -354,7 +391,7 @@ class ConditionBuilder:
 
     # ---------------------------------------------------------- chains
 
-    def _chain(self, resource_type: str, r, param: SearchParameter, criterion: SearchCriterion):
+    def _chain(self, resource_type: str, r, param: SearchParameter, criterion: SearchCriterion, driving: bool):
         """``subject:Patient.name=x``: our reference points at a resource matching the inner criterion."""
         ref = schema.idx_reference
         targets = []
@@ -367,11 +404,15 @@ class ConditionBuilder:
                 r2.c.res_type == target_type, r2.c.deleted.is_(False), self.condition(target_type, r2, inner)))
         if not targets:
             return false()
-        matching = select(ref.c.res_id).where(ref.c.res_type == resource_type, ref.c.param == param.name,
-                                              or_(*[ref.c.target.in_(t) for t in targets]))
-        return r.c.res_id.in_(matching)
+        pointing = or_(*[ref.c.target.in_(t) for t in targets])
+        if not driving:
+            pointing = or_(*[_opaque(ref).c.target.in_(t) for t in targets])
+            return exists().where(ref.c.res_type == resource_type, ref.c.res_id == r.c.res_id,
+                                  ref.c.param == param.name, pointing)
+        return r.c.res_id.in_(select(ref.c.res_id).where(ref.c.res_type == resource_type,
+                                                         ref.c.param == param.name, pointing))
 
-    def _reverse_chain(self, resource_type: str, r, criterion: SearchCriterion):
+    def _reverse_chain(self, resource_type: str, r, criterion: SearchCriterion, driving: bool):
         """``_has:AdverseEvent:subject:seriousness=serious``: some AdverseEvent matching the inner
         criterion points at us through ``subject``."""
         source_type, ref_name = criterion.modifier.split(":", 1)
@@ -380,11 +421,29 @@ class ConditionBuilder:
         sources = select(r2.c.res_id).where(r2.c.res_type == source_type, r2.c.deleted.is_(False),
                                             self.condition(source_type, r2, criterion.chain))
         prefix = f"{resource_type}/"
+        if not driving:
+            return exists().where(ref.c.res_type == source_type, ref.c.param == ref_name,
+                                  ref.c.target == literal(prefix, String) + r.c.res_id,
+                                  ref.c.res_id.concat("").in_(sources))   # reached by target, not by id
         # target in [prefix, prefix-with-'/'+1): an index range, unlike LIKE 'Type/%'
         ids = select(func.substr(ref.c.target, len(prefix) + 1)).where(
             ref.c.res_type == source_type, ref.c.param == ref_name,
             ref.c.target >= prefix, ref.c.target < f"{resource_type}0", ref.c.res_id.in_(sources))
         return r.c.res_id.in_(ids)
+
+
+def _opaque(table) -> SimpleNamespace:
+    """The table's value columns as expressions no index can serve (``x || ''``, ``x + 0``)."""
+    keys = ("res_type", "res_id", "param")
+    return SimpleNamespace(c=SimpleNamespace(**{
+        col.name: (col + 0 if isinstance(col.type, Float) else col.concat("")) if col.name not in keys else col
+        for col in table.c}))
+
+
+def _starts_with(column, needle: str):
+    """A range rather than LIKE: the folded value needs no case-insensitive LIKE, and SQLite can
+    answer a range from the index."""
+    return and_(column >= needle, column < needle + "\U0010ffff")
 
 
 def _token_condition(table, value: str):
@@ -446,8 +505,9 @@ def date_condition(prefix: str, col_low, col_high, low: str, high: str):
         "ne": not_(contained),
         "gt": col_high > high,                  # some of the stored range lies after the searched one
         "lt": col_low < low,
-        "ge": or_(col_high > high, contained),
-        "le": or_(col_low < low, contained),
+        # the leading term is implied by the rest; it is there so the index on high (low) can serve
+        "ge": and_(col_high > low, or_(col_high > high, contained)),
+        "le": and_(col_low < high, or_(col_low < low, contained)),
         "sa": col_low >= high,                  # starts after the searched range ends
         "eb": col_high <= low,                  # ends before the searched range starts
         "ap": and_(col_low < high, col_high > low),
@@ -556,7 +616,7 @@ def run_search(store: "ResourceStore", resource_type: str, criteria: list[Search
     sort = list(sort or [])
     builder = ConditionBuilder(store.params, store.zone)
     conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False),
-                  *[builder.condition(resource_type, r, c) for c in criteria]]
+                  *builder.conditions(resource_type, r, criteria)]
     keys = [(_sort_expression(store.params, resource_type, r, k), k.descending) for k in sort]
     fingerprint = query_fingerprint(resource_type, criteria, sort)
     backwards, page_conditions = False, list(conditions)
