@@ -12,6 +12,7 @@ letters at once with the server's diagnostics.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -92,6 +93,10 @@ class DestinationClient:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+            # proxies from the environment resolved once, not by scanning os.environ on every request
+            session.proxies = requests.utils.get_environ_proxies(self.destination.base_url)
+            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            session.trust_env = False
         return session
 
     # ------------------------------------------------------------------ requests

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from gateway.config import load_config
@@ -15,10 +17,23 @@ def _config(args: argparse.Namespace) -> dict:
 
 
 def _engine(config: dict):
+    """The database engine (tables made if missing). Worker processes often start together: the one
+    that loses the race to create a table (SQLite: "database is locked" when two check-then-create
+    transactions collide; "already exists") tries again and finds it there."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
     from gateway.store import make_engine
     if config["DATABASE_URL"].startswith("sqlite:///"):
         Path(config["DATABASE_URL"][len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return make_engine(config["DATABASE_URL"])
+    attempt = 0
+    while True:
+        try:
+            return make_engine(config["DATABASE_URL"])
+        except (OperationalError, ProgrammingError) as exc:
+            attempt += 1
+            if attempt >= 5 or not any(text in str(exc) for text in ("already exists", "database is locked")):
+                raise
+            time.sleep(0.1 * attempt)
 
 
 def _outbox(args: argparse.Namespace):
@@ -35,6 +50,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     workers = make_workers(config, _engine(config), routes, args.threads).start()
     mode = f"Redis Streams ({config['REDIS_URL']})" if config.get("REDIS_URL") else "in-process"
     print(f"delivery worker: {workers.threads} thread(s), {mode}, routes {routes.source}", flush=True)
+    faulthandler.register(signal.SIGUSR1)          # `kill -USR1 <pid>`: every thread's stack to stderr
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())

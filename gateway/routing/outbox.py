@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import orjson
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
@@ -90,6 +90,21 @@ def _free(now: float):
     return or_(d.c.lease_until.is_(None), d.c.lease_until < now)
 
 
+# Statements run for every delivery are built once (building the NOT EXISTS costs more than running it).
+_LEASE_WHERE = (d.c.id == bindparam("delivery_id"), d.c.status.in_(WAITING), _no_earlier_waiting())
+_LEASE_VALUES = dict(lease_owner=bindparam("new_owner"), lease_until=bindparam("new_until"))
+LEASE_FREE = update(d).where(*_LEASE_WHERE, _free(bindparam("now"))).values(**_LEASE_VALUES)
+LEASE_FREE_OR_FROM = (update(d).where(*_LEASE_WHERE, or_(_free(bindparam("now")),
+                                                         d.c.lease_owner.startswith(bindparam("take_from"))))
+                      .values(**_LEASE_VALUES))
+OUTCOME = (update(d).where(d.c.id == bindparam("delivery_id"), d.c.lease_owner == bindparam("owner"))
+           .values(lease_owner=None, lease_until=None, attempts=d.c.attempts + 1,
+                   status=bindparam("new_status"), last_status_code=bindparam("code"),
+                   last_error=bindparam("error"), next_attempt_at=bindparam("next_at"),
+                   delivered_at=bindparam("done_at")))
+BY_ID = select(d).where(d.c.id == bindparam("delivery_id"))
+
+
 def routed_resource_ids_query(organization: str, res_type: str) -> Select:
     """SELECT of the ids of ``res_type`` resources delivered or queued to destinations of
     ``organization`` (held and dead deliveries do not count); usable as a subquery:
@@ -129,33 +144,34 @@ class Outbox:
         """Take a due delivery for ``seconds``; False when someone else holds it or it is no longer due.
         ``take_from``: a lease-owner prefix that may be taken over before it runs out (the relay's)."""
         now = time.time()
-        free = _free(now) if take_from is None else or_(_free(now), d.c.lease_owner.startswith(take_from))
+        params = dict(delivery_id=delivery_id, now=now, new_owner=owner, new_until=now + seconds)
         with self._write() as conn, conn.begin():
-            result = conn.execute(update(d).where(d.c.id == delivery_id, d.c.status.in_(WAITING), free,
-                                                  _no_earlier_waiting())
-                                  .values(lease_owner=owner, lease_until=now + seconds))
+            if take_from is None:
+                result = conn.execute(LEASE_FREE, params)
+            else:
+                result = conn.execute(LEASE_FREE_OR_FROM, {**params, "take_from": take_from})
             return result.rowcount == 1
 
     def get(self, delivery_id: int) -> Delivery | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(d).where(d.c.id == delivery_id)).first()
+            row = conn.execute(BY_ID, {"delivery_id": delivery_id}).first()
         return _delivery(row) if row else None
 
     def delivered(self, delivery_id: int, owner: str, status_code: int | None) -> bool:
         now = time.time()
-        return self._finish(delivery_id, owner, status="delivered", attempts=d.c.attempts + 1,
-                            last_status_code=status_code, last_error=None, delivered_at=now)
+        return self._finish(delivery_id, owner, "delivered", status_code, None, now, now)
 
     def failed(self, delivery_id: int, owner: str, status_code: int | None, error: str, *,
                dead: bool, next_attempt_at: float) -> bool:
-        return self._finish(delivery_id, owner, status="dead" if dead else "failed", attempts=d.c.attempts + 1,
-                            last_status_code=status_code, last_error=error[:2000], next_attempt_at=next_attempt_at)
+        return self._finish(delivery_id, owner, "dead" if dead else "failed", status_code, error[:2000],
+                            next_attempt_at, None)
 
-    def _finish(self, delivery_id: int, owner: str, **values: Any) -> bool:
+    def _finish(self, delivery_id: int, owner: str, status: str, code: int | None, error: str | None,
+                next_at: float, done_at: float | None) -> bool:
         """Record an attempt's outcome, only while ``owner`` still holds the lease."""
         with self._write() as conn, conn.begin():
-            result = conn.execute(update(d).where(d.c.id == delivery_id, d.c.lease_owner == owner)
-                                  .values(lease_owner=None, lease_until=None, **values))
+            result = conn.execute(OUTCOME, dict(delivery_id=delivery_id, owner=owner, new_status=status, code=code,
+                                                error=error, next_at=next_at, done_at=done_at))
             return result.rowcount == 1
 
     def release(self, delivery_id: int, owner: str) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 import orjson
 from flask import Flask, Response, request
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 
 @dataclass
@@ -61,7 +61,8 @@ class Receiver:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, port: int = 0) -> "Receiver":
-        self._server = make_server("127.0.0.1", port or self.port, self.app, threaded=True)
+        self._server = make_server("127.0.0.1", port or self.port, self.app, threaded=True,
+                                   request_handler=_KeepAliveHandler)
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"receiver-{self.name}", daemon=True)
         self._thread.start()
@@ -232,6 +233,11 @@ class Receiver:
                 self._put(base, resource["resourceType"], resource["id"], resource)
         return _json({"resourceType": "Bundle", "type": "message", "entry": [{"resource": {
             "resourceType": "MessageHeader", "response": {"identifier": header.get("id"), "code": "ok"}}}]}, 200)
+
+
+class _KeepAliveHandler(WSGIRequestHandler):
+    """HTTP/1.1 with keep-alive, as real FHIR servers answer (werkzeug's default is HTTP/1.0)."""
+    protocol_version = "HTTP/1.1"
 
 
 def _content(resource: dict) -> Any:

@@ -18,15 +18,17 @@ SAMPLE_ROUTES = REPO_ROOT / "routes.yaml"
 EPC_CLIENT = ("lecheng-gateway", "epc-secret")
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
-    """Poll until ``predicate()`` is truthy; returns its value, or fails the test with what it last saw."""
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, describe=None):
+    """Poll until ``predicate()`` is truthy; returns its value, or fails the test with what it last saw
+    (and ``describe()``, when given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s (last value {value!r})")
+            state = f"; {describe()}" if describe else ""
+            pytest.fail(f"condition not met within {timeout} s (last value {value!r}{state})")
         time.sleep(interval)
 
 

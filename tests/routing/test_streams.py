@@ -38,6 +38,10 @@ def fill_outbox(gateway: Gateway, resources: int, versions: int) -> list[str]:
     return ids
 
 
+def worker_logs(directory) -> str:
+    return " | ".join(f"{p.name}: {p.read_text()[-1500:]}" for p in sorted(directory.glob("worker*.log")))
+
+
 @pytest.fixture
 def stream_name(request):
     return f"test:{request.node.name}:{time.monotonic_ns()}"
@@ -62,13 +66,20 @@ def test_two_worker_processes_share_deliveries_and_survive_a_sigkill(tmp_path, r
     workers = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=open(tmp_path / f"worker{i}.log", "wb")) for i in range(2)]
     try:
-        for process in workers:                             # both are consuming before there is work
-            assert process.stdout.readline().startswith(b"delivery worker: 2 thread(s), Redis Streams")
+        for i, process in enumerate(workers):               # both are consuming before there is work
+            line = process.stdout.readline()
+            assert line.startswith(b"delivery worker: 2 thread(s), Redis Streams"), \
+                (line, (tmp_path / f"worker{i}.log").read_text()[-2000:])
         ids = fill_outbox(gateway, resources=40, versions=3)
-        wait_until(lambda: gateway.outbox.counts().get("delivered", 0) >= 20, timeout=30, interval=0.05)
+        wait_until(lambda: gateway.outbox.counts().get("delivered", 0) >= 20, timeout=30, interval=0.05,
+                   describe=lambda: f"outbox {gateway.outbox.counts()}, {worker_logs(tmp_path)}")
         workers[0].send_signal(signal.SIGKILL)              # no goodbye: its leases and stream entries stay behind
         workers[0].wait(5)
-        wait_until(lambda: gateway.outbox.counts() == {"delivered": 120}, timeout=30, interval=0.05)
+        wait_until(lambda: gateway.outbox.counts() == {"delivered": 120}, timeout=30, interval=0.05,
+                   describe=lambda: f"outbox {gateway.outbox.counts()}, {worker_logs(tmp_path)}")
+        # the killed consumer's pending entries are claimed by the survivor (XAUTOCLAIM) and acknowledged
+        wait_until(lambda: redis.Redis.from_url(redis_url).xlen(stream_name) == 0, timeout=15,
+                   describe=lambda: worker_logs(tmp_path))
     finally:
         for process in workers:
             if process.poll() is None:
@@ -83,8 +94,6 @@ def test_two_worker_processes_share_deliveries_and_survive_a_sigkill(tmp_path, r
     assert repeats <= 2          # at most the killed process's in-flight requests (2 threads), repeated idempotently
     senders = {r["worker"].split("-")[1] for r in receiver.requests()}
     assert senders == {str(p.pid) for p in workers}         # both processes took a share
-    # the killed consumer's pending entries are claimed by the survivor (XAUTOCLAIM) and acknowledged
-    wait_until(lambda: redis.Redis.from_url(redis_url).xlen(stream_name) == 0, timeout=15)
 
 
 def test_a_relay_crash_before_xadd_loses_nothing_and_a_repeated_entry_delivers_once(
