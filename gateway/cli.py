@@ -80,25 +80,61 @@ def cmd_mllp(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """Parse, map and validate one message without storing it; print the Bundle, or why not."""
+    """Parse, map and validate one HL7 message or hospital document (``--mapping`` names an xml, csv or
+    json mapping) without storing it; print the Bundle, or why not."""
     from gateway.hl7v2 import Hl7ParseError, parse_message
     gw = _gateway(args)
     raw = Path(args.file).read_bytes()
+    named = gw.mappings.by_name.get(args.mapping) if args.mapping else None
+    if args.mapping and named is None:
+        print(f"error: no mapping named {args.mapping}", file=sys.stderr)
+        return 2
+    if named is not None and named.source != "hl7v2":
+        return _convert_document(gw, named, raw)
     try:
         message = parse_message(raw, fallback_charset=gw.config["FALLBACK_CHARSET"])
     except Hl7ParseError as exc:
         for error in exc.errors:
             print(f"error: {error.text}", file=sys.stderr)
         return 2
-    spec = gw.mappings.by_name.get(args.mapping) if args.mapping else gw.mappings.for_message(message.message_type)
+    spec = named or gw.mappings.for_message(message.message_type)
     if spec is None:
-        print(f"error: no mapping for {message.message_type}"
-              + (f" named {args.mapping}" if args.mapping else ""), file=sys.stderr)
+        print(f"error: no mapping for {message.message_type}", file=sys.stderr)
         return 2
     mapped = spec.run(message, gw.terminology, gw.zone)
+    failed = _report_mapped(gw, mapped, message.warnings)
+    sys.stdout.write(orjson.dumps(mapped.bundle(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 1 if failed else 0
+
+
+def _convert_document(gw, spec, raw: bytes) -> int:
+    """An XML or JSON document is one transaction; a CSV file a batch with every row's entries."""
+    read = spec.reader.read(raw)
+    for problem in read.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if read.problems:
+        return 2
+    entries, failed = [], False
+    for unit in read.units:
+        for problem in unit.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if unit.problems:
+            failed = True
+            continue
+        mapped = spec.run(unit, gw.terminology, gw.zone)
+        failed = _report_mapped(gw, mapped, []) or failed
+        entries += mapped.bundle()["entry"]
+    bundle = {"resourceType": "Bundle", "type": "batch" if spec.source == "csv" else "transaction", "entry": entries}
+    sys.stdout.write(orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 1 if failed else 0
+
+
+def _report_mapped(gw, mapped, more_warnings: list[str]) -> bool:
+    """Mapping errors, validation issues (with the source field or document location) and warnings
+    on stderr; True when any is an error."""
     failed = False
     for error in mapped.errors:
-        print(f"error: {error.text}", file=sys.stderr)
+        print(f"error: {error if hasattr(error, 'location') else error.text}", file=sys.stderr)
         failed = True
     for resource in mapped.resources:
         for issue in gw.validator.validate(resource.resource):
@@ -107,10 +143,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
             print(f"{level}: {issue.expression}: {issue.diagnostics}" + (f" (from {where})" if where else ""),
                   file=sys.stderr)
             failed = failed or level == "error"
-    for warning in mapped.warnings + message.warnings:
+    for warning in mapped.warnings + list(more_warnings):
         print(f"warning: {warning}", file=sys.stderr)
-    sys.stdout.write(orjson.dumps(mapped.bundle(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 1 if failed else 0
+    return failed
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -145,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     mllp.add_argument("--port", type=int)
     mllp.set_defaults(func=cmd_mllp)
 
-    convert = sub.add_parser("convert", help="print the FHIR Bundle a message maps to (nothing is stored)")
+    convert = sub.add_parser("convert", help="print the FHIR Bundle a message or hospital export maps to "
+                                             "(nothing is stored)")
     convert.add_argument("file")
-    convert.add_argument("--mapping", help="mapping name (default: chosen by the message type)")
+    convert.add_argument("--mapping", help="mapping name (default: chosen by the HL7 message type; needed for "
+                                           "XML, CSV and JSON exports)")
     convert.set_defaults(func=cmd_convert)
 
     validate = sub.add_parser("validate", help="validate a FHIR resource (JSON) against the profiles")

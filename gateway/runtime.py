@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from gateway.ingest.documents import DocumentPipeline
 from gateway.ingest.messagelog import MessageLog
 from gateway.ingest.pipeline import Hl7Pipeline
 from gateway.mapping.engine import MappingSet
@@ -33,6 +34,7 @@ class Gateway:
     routes: Routes
     router: Router        # its on_stored is every pipeline's hook: outbox rows in the store's transaction
     outbox: Outbox
+    documents: DocumentPipeline | None = None    # hospitals' XML/CSV/JSON exports, through pipeline's store step
 
     @classmethod
     def from_config(cls, config: dict) -> "Gateway":
@@ -51,5 +53,7 @@ class Gateway:
         router = Router(routes)
         pipeline = Hl7Pipeline(config, store, message_log, mappings, terminology, validator, zone,
                                on_stored=router.on_stored)
-        return cls(config, zone, store, message_log, mappings, terminology, validator, pipeline,
-                   routes, router, Outbox(engine))
+        gateway = cls(config, zone, store, message_log, mappings, terminology, validator, pipeline,
+                      routes, router, Outbox(engine))
+        gateway.documents = DocumentPipeline(config, message_log, mappings, terminology, zone, pipeline)
+        return gateway

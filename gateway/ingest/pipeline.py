@@ -121,24 +121,34 @@ class Hl7Pipeline:
 
         source = f"urn:hl7v2:{message.sending_facility}:{message.control_id}"
         try:
-            with self.store.write() as tx:
-                outcome = apply_mapped(tx, mapped.resources, source, self._check)
-                written = [(m, r, action) for m, r, action in outcome.written]
-                changed = [r for _m, r, action in written if action in ("create", "update")]
-                if changed:
-                    tx.create(self._provenance(message, changed, source))
-                routed = self.on_stored(tx, written, message) if self.on_stored is not None else None
+            stored = self.store_mapped(mapped.resources, source, message,
+                                       lambda changed: self._provenance(message, changed, source))
         except UpsertRejected as exc:
             errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in exc.result.problems]
             return self._finish(log_id, message, AckCode.AE, errors, warnings + exc.result.warnings, "error")
-        warnings += outcome.warnings
-        refs = [f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}" for _m, r, _a in written]
-        if outcome.unresolved:   # stored, but a reference names nothing stored yet (a dispense before its order)
-            errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in outcome.unresolved]
+        warnings += stored.warnings
+        refs = [f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}" for _m, r, _a in stored.written]
+        if stored.unresolved:   # stored, but a reference names nothing stored yet (a dispense before its order)
+            errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in stored.unresolved]
             return self._finish(log_id, message, AckCode.AE, errors, warnings, "processed", refs)
-        held = list(getattr(routed, "held", None) or [])     # a routing hold rule matched: stored, not delivered
-        warnings += [f"held for review, not delivered: {reason}" for reason in held]
-        return self._finish(log_id, message, AckCode.AA, [], warnings, "on-hold" if held else "processed", refs)
+        warnings += [f"held for review, not delivered: {reason}" for reason in stored.held]
+        return self._finish(log_id, message, AckCode.AA, [], warnings, "on-hold" if stored.held else "processed", refs)
+
+    def store_mapped(self, resources: list[MappedResource], source: str, origin: Any,
+                     provenance: Callable[[list[dict]], dict]) -> "StoredResources":
+        """The store step the HL7 and the document pipelines share, in one transaction: each resource
+        validated as it will be stored (``_check``), written, one Provenance (``provenance(changed)``)
+        for what changed, and the routing hook (``origin``: the Hl7Message, or a document's origin
+        with ``message_type`` and ``sending_facility``). Raises UpsertRejected: nothing stored."""
+        with self.store.write() as tx:
+            outcome = apply_mapped(tx, resources, source, self._check)
+            written = list(outcome.written)
+            changed = [r for _m, r, action in written if action in ("create", "update")]
+            if changed:
+                tx.create(provenance(changed))
+            routed = self.on_stored(tx, written, origin) if self.on_stored is not None else None
+        return StoredResources(written, list(outcome.warnings), list(outcome.unresolved),
+                               list(getattr(routed, "held", None) or []))
 
     def _check(self, mapped: MappedResource, resource: dict) -> tuple[list[UpsertProblem], list[str]]:
         """Validate a resource as it is about to be stored; conforming ones get meta.profile."""
@@ -169,26 +179,12 @@ class Hl7Pipeline:
         spec = self.mappings.for_message(message.message_type)
         mapped_names = spec.segments_read() if spec else set()
         unmapped = [str(seg) for seg in message.segments if seg.name not in mapped_names and seg.name != "MSH"]
-        provenance: dict[str, Any] = {
-            "resourceType": "Provenance",
-            "id": str(uuid.uuid4()),
-            "meta": {"source": source},
-            "target": [{"reference": f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}"}
-                       for r in changed],
-            "recorded": now_instant(),
-            "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
-                                     "code": "UPDATE"}]},
-            "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                                            "code": "author"}]},
-                       "who": {"identifier": {"system": f"{self.terminology.canonical_base}/sid/facility",
-                                              "value": message.sending_facility or "unknown"},
-                               "display": f"{message.sending_application} at {message.sending_facility}"}}],
-            "entity": [{"role": "source", "what": {
-                "identifier": {"system": f"{self.terminology.canonical_base}/sid/hl7v2-message/"
-                                         f"{message.sending_facility or 'unknown'}",
-                               "value": message.control_id},
-                "display": f"{message.message_type} {message.control_id} (HL7 v{message.version})"}}],
-        }
+        base = self.terminology.canonical_base
+        provenance = provenance_record(
+            base, changed, source, message.sending_facility or "unknown",
+            f"{message.sending_application} at {message.sending_facility}",
+            {"system": f"{base}/sid/hl7v2-message/{message.sending_facility or 'unknown'}", "value": message.control_id},
+            f"{message.message_type} {message.control_id} (HL7 v{message.version})")
         if unmapped:
             provenance["extension"] = [{
                 "url": Z_SEGMENTS_EXTENSION.format(base=self.terminology.canonical_base),
@@ -215,6 +211,34 @@ class Hl7Pipeline:
                                               "resources": resources or []})
         message = msg_or_partial if isinstance(msg_or_partial, Hl7Message) else None
         return IngestResult(ack, code.value, log_id, status, message, resources or [], errors, warnings)
+
+
+@dataclass
+class StoredResources:
+    """What the shared store step did with one message's (or document's) resources."""
+    written: list[tuple[Any, dict, str]]      # (mapped, stored resource, create | update | unchanged)
+    warnings: list[str]
+    unresolved: list[UpsertProblem]           # stored, but a reference names nothing stored yet
+    held: list[str]                           # routing hold rules that matched: stored, not delivered
+
+
+def provenance_record(base: str, changed: list[dict], source: str, facility: str, who_display: str,
+                      what: dict, what_display: str) -> dict:
+    """One Provenance per inbound message or document: the versions it wrote, the facility that sent
+    it, and the message itself (``what``: its identifier) as the source entity."""
+    return {
+        "resourceType": "Provenance",
+        "id": str(uuid.uuid4()),
+        "meta": {"source": source},
+        "target": [{"reference": f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}"} for r in changed],
+        "recorded": now_instant(),
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "UPDATE"}]},
+        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                        "code": "author"}]},
+                   "who": {"identifier": {"system": f"{base}/sid/facility", "value": facility},
+                           "display": who_display}}],
+        "entity": [{"role": "source", "what": {"identifier": what, "display": what_display}}],
+    }
 
 
 def _element_of(expression: str | None) -> str | None:

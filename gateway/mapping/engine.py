@@ -1,4 +1,4 @@
-"""The mapping engine: runs a ``mappings/*.yaml`` file over a parsed HL7 v2 message.
+"""The mapping engine: runs a ``mappings/*.yaml`` file over a parsed HL7 v2 message or document.
 
 A mapping file is data. It names the message types it takes, the groups of segments that repeat
 (an order group starts at ORC), and the resources to make: for each, the elements to fill, each
@@ -24,6 +24,16 @@ The engine refuses to emit empty elements and resources without their ``required
 every resource a temporary ``urn:uuid:`` id (the store replaces it), merges resources of one
 message that share an identifier (two orders by the same doctor make one Practitioner), and records
 which v2 field filled each element so a validation error can name the field in the ACK's ERR.
+
+One engine for every source. A mapping's ``source`` picks a *reader* that compiles its paths and
+reads values; resources, groups, conditions, identity and converters are shared:
+
+* ``hl7v2``: ``PID-3``, ``RXE-2.1``, a whole segment ``TQ1``; a group starts at a segment (here);
+* ``xml``: XPath through lxml; ``csv``: a header name, one document per row; ``json``: a
+  JSONPath-like ``items[*].dose.value`` (``gateway.mapping.documents``).
+
+A reader hands converters the HL7 field shape they already take (repetitions -> components ->
+sub-components), so ``date``, ``table`` or ``quantity`` read a CSV cell as they read a v2 field.
 """
 from __future__ import annotations
 
@@ -65,6 +75,30 @@ class SourceLocation(NamedTuple):
         return text
 
 
+class DocumentLocation(NamedTuple):
+    """Where in an XML, CSV or JSON document a value came from: an XPath, a CSV line and column, a
+    JSON pointer; ``line`` is the source line when the parser knows it (XML)."""
+    path: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return self.path if self.line is None else f"{self.path} (line {self.line})"
+
+
+@dataclass(frozen=True)
+class DocumentProblem:
+    """One problem with a document, located in it; becomes an OperationOutcome issue."""
+    text: str
+    location: DocumentLocation | None = None
+    code: str = "invalid"         # FHIR issue type: structure, required, value, code-invalid, invalid
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.text}" if self.location else self.text
+
+
+_ISSUE_TYPE = {"101": "required", "102": "value", "103": "code-invalid"}   # HL7 0357 -> FHIR issue type
+
+
 @dataclass(frozen=True)
 class FieldRef:
     segment: str
@@ -87,13 +121,89 @@ class FieldRef:
         return ref
 
 
+_NULL = object()   # what a reader returns for HL7's explicit null (""): delete the stored element
+
+
+class SegmentView:
+    """How a resource (or a nested row) reads v2 fields: through the segment lookup of its scope
+    (its own group first, then the groups enclosing it, then the whole message)."""
+    __slots__ = ("lookup",)
+
+    def __init__(self, lookup):
+        self.lookup = lookup
+
+    def exists(self, text: Any) -> bool:
+        """A segment is there, or (``PID-3``) a field with a value."""
+        return _present(text, self.lookup)
+
+    def text(self, text: Any) -> str | None:
+        ref = text if isinstance(text, FieldRef) else FieldRef.parse(text, "when")
+        seg = self.lookup(ref.segment)
+        return seg.value(ref.field, 1, ref.component or 1) if seg is not None else None
+
+    def read(self, ref: FieldRef) -> tuple[Any, SourceLocation] | None:
+        """A ``from:`` value: the field (or whole segment), ``_NULL`` for ``""``, None when empty."""
+        seg = self.lookup(ref.segment)
+        if seg is None:
+            return None
+        location = SourceLocation(seg.name, seg.index, ref.field, ref.component)
+        if ref.field is None:
+            return seg, location
+        raw = seg.field(ref.field)
+        if _is_explicit_null(raw):
+            return _NULL, location
+        if not raw:
+            return None
+        if ref.component:
+            raw = [[rep[ref.component - 1]] if len(rep) >= ref.component else [[""]] for rep in raw]
+        return raw, location
+
+    def read_named(self, ref: FieldRef) -> tuple[Any, SourceLocation | None]:
+        """A ``fields:`` value: the field as it is (converters see empty and ``""`` themselves)."""
+        seg = self.lookup(ref.segment)
+        if seg is None:
+            return None, None
+        return (seg if ref.field is None else seg.field(ref.field)), SourceLocation(seg.name, seg.index, ref.field)
+
+
+class Hl7Reader:
+    """``source: hl7v2``: paths are v2 field references; a group runs from each ``start`` segment
+    (optionally over ``members`` only) to the next."""
+    source = "hl7v2"
+
+    def compile(self, text: str, where: str) -> FieldRef:
+        return FieldRef.parse(text, where)
+
+    def group(self, name: str, group: Any, where: str) -> dict:
+        if not isinstance(group, dict) or "start" not in group:
+            raise MappingError(f"{where}: group '{name}' needs 'start' (a segment name)")
+        return {"start": group["start"], "members": set(group.get("members") or []) or None}
+
+    def begin(self, message: Hl7Message, groups: dict[str, dict]) -> "_Groups":
+        return _Groups(message, groups)
+
+    def origin(self, message: Hl7Message) -> Hl7Message:
+        return message
+
+
+_HL7 = Hl7Reader()
+
+
+def reader_for(source: str, data: dict, where: str):
+    """The reader a mapping's ``source`` names (``hl7v2`` here; ``xml``, ``csv``, ``json`` in documents)."""
+    if source == "hl7v2":
+        return _HL7
+    from gateway.mapping.documents import document_reader   # imported late: it builds on this module
+    return document_reader(source, data, where)
+
+
 @dataclass
 class ElementRule:
     path: list[tuple[str, int | None]]
     append: bool
     text_path: str
-    sources: list[FieldRef] = field(default_factory=list)
-    named_sources: dict[str, FieldRef] = field(default_factory=dict)
+    sources: list[Any] = field(default_factory=list)          # paths compiled by the mapping's reader
+    named_sources: dict[str, Any] = field(default_factory=dict)
     converter: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
     value: Any = None
@@ -150,7 +260,7 @@ class MappedMessage:
     mapping: str
     resources: list[MappedResource]
     warnings: list[str]
-    errors: list[Hl7Error]
+    errors: list[Hl7Error | DocumentProblem]
 
     def bundle(self) -> dict:
         """The result as a FHIR transaction Bundle of conditional updates on business identifiers."""
@@ -167,18 +277,21 @@ class MappedMessage:
 
 
 class MapContext:
-    """What a converter may use: terminology, the time zone, the message, and where to report."""
-    __slots__ = ("terminology", "zone", "message", "warnings", "errors", "location", "source", "named_sources")
+    """What a converter may use: terminology, the time zone, the message (for a document: its
+    origin, with ``sending_facility``), and where to report."""
+    __slots__ = ("terminology", "zone", "message", "warnings", "errors", "location", "source", "named_sources",
+                 "document")
 
-    def __init__(self, terminology: Terminology, zone: ZoneInfo | None, message: Hl7Message):
+    def __init__(self, terminology: Terminology, zone: ZoneInfo | None, message: Any, document: bool = False):
         self.terminology = terminology
         self.zone = zone
         self.message = message
+        self.document = document
         self.warnings: list[str] = []
-        self.errors: list[Hl7Error] = []
+        self.errors: list[Hl7Error | DocumentProblem] = []
         self.location = ""
-        self.source: SourceLocation | None = None
-        self.named_sources: dict[str, SourceLocation] = {}   # a ``fields:`` row: where each named field is
+        self.source: SourceLocation | DocumentLocation | None = None
+        self.named_sources: dict[str, Any] = {}   # a ``fields:`` row: where each named field is
 
     def warn(self, text: str) -> None:
         self.warnings.append(f"{self.location}: {text}" if self.location else text)
@@ -186,6 +299,10 @@ class MapContext:
     def error(self, text: str, code: str = "207", field_name: str | None = None) -> None:
         """An error at the field being read (of a ``fields:`` row: at the one called ``field_name``)."""
         src = self.named_sources.get(field_name, self.source) if field_name else self.source
+        if self.document:
+            self.errors.append(DocumentProblem(f"{self.location}: {text}" if self.location else text, src,
+                                               _ISSUE_TYPE.get(code, "invalid")))
+            return
         self.errors.append(Hl7Error(
             text=f"{self.location}: {text}" if self.location else text,
             segment=src.segment if src else None, sequence=src.sequence if src else None,
@@ -196,9 +313,11 @@ class MappingSpec:
     """One mapping file, checked when loaded (unknown converters and bad field references fail early)."""
 
     def __init__(self, name: str, source: str, message_types: list[str], groups: dict[str, dict],
-                 resources: list[ResourceSpec], description: str = "", raw: dict | None = None):
+                 resources: list[ResourceSpec], description: str = "", raw: dict | None = None,
+                 reader: Any = None):
         self.name = name
         self.source = source
+        self.reader = reader or _HL7
         self.message_types = message_types
         self.groups = groups
         self.resources = resources
@@ -216,36 +335,38 @@ class MappingSpec:
     def from_dict(cls, data: dict, where: str = "mapping") -> "MappingSpec":
         if not isinstance(data, dict) or "resources" not in data:
             raise MappingError(f"{where}: a mapping needs 'name', 'source' and 'resources'")
-        groups = {name: {"start": g["start"], "members": set(g.get("members") or []) or None}
-                  for name, g in (data.get("groups") or {}).items()}
+        source = data.get("source", "hl7v2")
+        reader = reader_for(source, data, where)
+        groups = {name: reader.group(name, g, where) for name, g in (data.get("groups") or {}).items()}
         resources = []
         keys = {r.get("key") for r in data["resources"]}
         for spec in data["resources"]:
             rwhere = f"{where}: resource '{spec.get('key')}'"
             if spec.get("for_each") and spec["for_each"] not in groups:
                 raise MappingError(f"{rwhere}: for_each names unknown group '{spec['for_each']}'")
-            elements = cls._elements(spec.get("elements") or {}, rwhere, keys, set(groups), spec["type"])
+            elements = cls._elements(spec.get("elements") or {}, rwhere, keys, set(groups), spec["type"], reader)
             resources.append(ResourceSpec(
                 key=spec["key"], type=spec["type"], for_each=spec.get("for_each"),
                 present=list(spec.get("present") or []), required=list(spec.get("required") or []),
                 identity=dict(spec.get("identity") or {}), lifecycle=dict(spec.get("lifecycle") or {}),
                 elements=elements, when=spec.get("when")))
-        return cls(data.get("name", where), data.get("source", "hl7v2"), list(data.get("message_types") or []),
-                   groups, resources, data.get("description", ""), data)
+        return cls(data.get("name", where), source, list(data.get("message_types") or []),
+                   groups, resources, data.get("description", ""), data, reader)
 
     @classmethod
-    def _elements(cls, rows: dict, where: str, keys: set, groups: set, prefix: str) -> list[ElementRule]:
+    def _elements(cls, rows: dict, where: str, keys: set, groups: set, prefix: str,
+                  reader: Any = _HL7) -> list[ElementRule]:
         elements = []
         for path, rule in rows.items():
             # a list: for 'x[]' every row appends; for a single element the first row with a value wins
             rules = rule if isinstance(rule, list) else [rule]
-            elements.extend(cls._element(path, r, f"{where}, element '{path}'", keys, groups, prefix)
+            elements.extend(cls._element(path, r, f"{where}, element '{path}'", keys, groups, prefix, reader)
                             for r in rules)
         return elements
 
     @classmethod
     def _element(cls, path: str, rule: Any, where: str, keys: set, groups: set | None = None,
-                 prefix: str = "") -> ElementRule:
+                 prefix: str = "", reader: Any = _HL7) -> ElementRule:
         append = path.endswith("[]")
         tokens = []
         for token in (path[:-2] if append else path).split("."):
@@ -266,12 +387,13 @@ class MappingSpec:
                 raise MappingError(f"{where}: for_each names unknown group '{element.for_each}'")
             if not isinstance(rule.get("elements"), dict):
                 raise MappingError(f"{where}: a for_each row needs 'elements'")
-            element.children = cls._elements(rule["elements"], where, keys, groups or set(), element.location)
+            element.children = cls._elements(rule["elements"], where, keys, groups or set(), element.location,
+                                             reader)
         sources = rule.get("from")
         if sources is not None:
-            element.sources = [FieldRef.parse(s, where) for s in (sources if isinstance(sources, list) else [sources])]
+            element.sources = [reader.compile(s, where) for s in (sources if isinstance(sources, list) else [sources])]
         for name, ref in (rule.get("fields") or {}).items():
-            element.named_sources[name] = FieldRef.parse(ref, where)
+            element.named_sources[name] = reader.compile(ref, where)
         if element.converter and element.converter not in CONVERTERS:
             raise MappingError(f"{where}: unknown converter '{element.converter}' "
                                f"(known: {', '.join(sorted(CONVERTERS))})")
@@ -289,6 +411,8 @@ class MappingSpec:
         return self._segments_read
 
     def _collect_segments_read(self) -> set[str]:
+        if self.source != "hl7v2":
+            return set()
         names = {g["start"] for g in self.groups.values()}
 
         def rows(rules: list[ElementRule]) -> None:
@@ -306,17 +430,17 @@ class MappingSpec:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, message: Hl7Message, terminology: Terminology, zone: ZoneInfo | None) -> MappedMessage:
-        ctx = MapContext(terminology, zone, message)
-        message_wide = first_by_name(message.segments)
+    def run(self, message: Any, terminology: Terminology, zone: ZoneInfo | None) -> MappedMessage:
+        """Map one HL7 message, or one document (or CSV row) this mapping's reader has read."""
+        ctx = MapContext(terminology, zone, self.reader.origin(message), document=self.source != "hl7v2")
         produced: list[MappedResource] = []
         by_identity: dict[tuple[str, str, str], MappedResource] = {}
-        made: dict[str, list[tuple[frozenset | None, str]]] = {}     # key -> (scope segment ids, temp id)
-        groups = _Groups(message, self.groups)
+        made: dict[str, list[tuple[frozenset | None, str]]] = {}     # key -> (scope ids, temp id)
+        groups = self.reader.begin(message, self.groups)
         for spec in self.resources:
-            scopes = groups.scopes(spec.for_each) if spec.for_each else [_MESSAGE_SCOPE]
+            scopes = groups.scopes(spec.for_each) if spec.for_each else [groups.top]
             for scope in scopes:
-                mapped = self._make(spec, ctx, scope, message_wide, groups, made)
+                mapped = self._make(spec, ctx, scope, groups, made)
                 if mapped is None:
                     continue
                 # a resource sharing an identifier with one already made is that resource (two orders
@@ -333,17 +457,17 @@ class MappingSpec:
                 produced.append(mapped)
         return MappedMessage(self.name, produced, ctx.warnings, ctx.errors)
 
-    def _make(self, spec: ResourceSpec, ctx: MapContext, scope: "_Scope", message_wide: dict[str, Segment],
-              groups: "_Groups", made: dict) -> MappedResource | None:
-        lookup = scope.lookup_function(message_wide)
-        if any(lookup(name) is None for name in spec.present):
+    def _make(self, spec: ResourceSpec, ctx: MapContext, scope: Any, groups: Any,
+              made: dict) -> MappedResource | None:
+        view = groups.view(scope)
+        if not all(view.exists(name) for name in spec.present):
             return None
-        if spec.when and not _condition(spec.when, lookup):
+        if spec.when and not _condition(spec.when, view):
             return None
         resource: dict[str, Any] = {"resourceType": spec.type}
         mapped = MappedResource(key=spec.key, type=spec.type, resource=resource,
                                 temp_id=_temp_id(), identity=[], lifecycle=spec.lifecycle)
-        self._fill(resource, spec.elements, ctx, lookup, scope, groups, made, mapped, "")
+        self._fill(resource, spec.elements, ctx, view, scope, groups, made, mapped, "")
         ctx.location = ""
         content = set(resource) - {"resourceType"}
         if not content or any(req not in resource for req in spec.required):
@@ -360,24 +484,24 @@ class MappingSpec:
             mapped.identity = _preferred_identity(identifiers, spec.identity)
         lifecycle = spec.lifecycle
         without = lifecycle.get("status_only_without")
-        if lifecycle.get("status_only") is True or (without and all(
-                lookup(name) is None for name in ([without] if isinstance(without, str) else without))):
+        if lifecycle.get("status_only") is True or (without and not any(
+                view.exists(name) for name in ([without] if isinstance(without, str) else without))):
             mapped.status_only = True
-        if lifecycle.get("create_only_when") and _condition(lifecycle["create_only_when"], lookup):
+        if lifecycle.get("create_only_when") and _condition(lifecycle["create_only_when"], view):
             mapped.create_only = True
         return mapped
 
-    def _fill(self, target: dict, rules: list[ElementRule], ctx: MapContext, lookup, scope: "_Scope",
-              groups: "_Groups", made: dict, mapped: MappedResource, prefix: str) -> None:
+    def _fill(self, target: dict, rules: list[ElementRule], ctx: MapContext, view: Any, scope: Any,
+              groups: Any, made: dict, mapped: MappedResource, prefix: str) -> None:
         """Fill ``target`` from ``rules``; ``prefix`` is the path of ``target`` inside the resource."""
         filled: set[str] = set()
         for rule in rules:
             if not rule.append and rule.text_path in filled:
                 continue
-            if rule.when and not _condition(rule.when, lookup):
+            if rule.when and not _condition(rule.when, view):
                 continue
             ctx.location = rule.location
-            value, source, is_null = self._element_value(rule, ctx, lookup, scope, groups, made, mapped, prefix)
+            value, source, is_null = self._element_value(rule, ctx, view, scope, groups, made, mapped, prefix)
             if is_null:
                 if not prefix:
                     mapped.deletions.append(rule.text_path)
@@ -389,43 +513,28 @@ class MappingSpec:
             if source is not None:
                 mapped.sources.setdefault(prefix + rule.text_path, source)
 
-    def _element_value(self, rule: ElementRule, ctx: MapContext, lookup, scope: "_Scope", groups: "_Groups",
-                       made: dict, mapped: MappedResource, prefix: str) -> tuple[Any, SourceLocation | None, bool]:
+    def _element_value(self, rule: ElementRule, ctx: MapContext, view: Any, scope: Any, groups: Any,
+                       made: dict, mapped: MappedResource, prefix: str) -> tuple[Any, Any, bool]:
         if rule.ref:
             temp = _made_for(made.get(rule.ref), scope)
             return ({"reference": temp} if temp else None), None, False
         if rule.children:
             items = []
-            members = groups.members[rule.for_each]     # never borrowed from a sibling group
             for inner in groups.inside(rule.for_each, scope):
-                inner_own = inner.lookups[0]
-
-                def inner_lookup(name: str, _own=inner_own) -> Segment | None:
-                    return _own.get(name) if name in members else (_own.get(name) or lookup(name))
-
                 item: dict[str, Any] = {}
-                self._fill(item, rule.children, ctx, inner_lookup, inner, groups, made, mapped,
-                           f"{prefix}{rule.text_path}.")
+                self._fill(item, rule.children, ctx, groups.view(inner, view, rule.for_each), inner, groups, made,
+                           mapped, f"{prefix}{rule.text_path}.")
                 if item:
                     items.append(item)
             return (items or None), None, False
         if rule.sources:
             for ref in rule.sources:
-                seg = lookup(ref.segment)
-                if seg is None:
+                found = view.read(ref)
+                if found is None:
                     continue
-                location = SourceLocation(seg.name, seg.index, ref.field, ref.component)
-                if ref.field is None:
-                    raw: Any = seg
-                else:
-                    raw = seg.field(ref.field)
-                    if _is_explicit_null(raw):
-                        return None, location, True
-                    if not raw:
-                        continue
-                    if ref.component:
-                        raw = [[rep[ref.component - 1]] if len(rep) >= ref.component else [[""]]
-                               for rep in raw]
+                raw, location = found
+                if raw is _NULL:
+                    return None, location, True
                 ctx.source = location
                 value = rule.func(ctx, raw, **rule.args)
                 ctx.source = None
@@ -435,15 +544,12 @@ class MappingSpec:
         if rule.named_sources:
             kwargs: dict[str, Any] = {}
             first_location = None
-            named: dict[str, SourceLocation] = {}
+            named: dict[str, Any] = {}
             for name, ref in rule.named_sources.items():
-                seg = lookup(ref.segment)
-                if seg is None:
-                    kwargs[name] = None
-                    continue
-                kwargs[name] = seg if ref.field is None else seg.field(ref.field)
-                named[name] = SourceLocation(seg.name, seg.index, ref.field)
-                first_location = first_location or named[name]
+                kwargs[name], location = view.read_named(ref)
+                if location is not None:
+                    named[name] = location
+                    first_location = first_location or location
             ctx.source, ctx.named_sources = first_location, named
             value = rule.func(ctx, **kwargs, **rule.args)
             ctx.source, ctx.named_sources = None, {}
@@ -484,10 +590,21 @@ _MESSAGE_SCOPE = _Scope(None, [])
 class _Groups:
     """The groups of one message (``groups:`` in the mapping), as scopes, made once per message."""
 
+    top = _MESSAGE_SCOPE
+
     def __init__(self, message: Hl7Message, definitions: dict[str, dict]):
         self.by_name = {name: message.groups(g["start"], g["members"]) for name, g in definitions.items()}
         self.members = {name: {g["start"], *(g["members"] or ())} for name, g in definitions.items()}
         self._scopes: dict[str, list[_Scope]] = {}
+        self.message_wide = first_by_name(message.segments)
+
+    def view(self, scope: _Scope, outer: SegmentView | None = None, group: str | None = None) -> SegmentView:
+        """How ``scope`` reads fields. A nested row's scope (of ``group``) reads its own group, then
+        ``outer``'s, but never borrows from a sibling group a segment its own group may hold."""
+        if outer is None:
+            return SegmentView(scope.lookup_function(self.message_wide))
+        own, outer_lookup, members = scope.lookups[0], outer.lookup, self.members[group]
+        return SegmentView(lambda name: own.get(name) if name in members else (own.get(name) or outer_lookup(name)))
 
     def scopes(self, name: str) -> list[_Scope]:
         found = self._scopes.get(name)
@@ -538,23 +655,20 @@ def _is_explicit_null(raw: list) -> bool:
     return len(raw) == 1 and len(raw[0]) == 1 and raw[0][0] == [EXPLICIT_NULL]
 
 
-def _condition(when: dict, lookup) -> bool:
+def _condition(when: dict, view) -> bool:
     """``{field: ORC-1, in: [RF]}``, ``{present: RXE}`` / ``{absent: PCR-9}`` (a segment, or a field with a
     value), and ``{any: [...]}``, ``{all: [...]}``, ``{not: {...}}`` to combine them."""
     if "any" in when:
-        return any(_condition(w, lookup) for w in when["any"])
+        return any(_condition(w, view) for w in when["any"])
     if "all" in when:
-        return all(_condition(w, lookup) for w in when["all"])
+        return all(_condition(w, view) for w in when["all"])
     if "not" in when:
-        return not _condition(when["not"], lookup)
+        return not _condition(when["not"], view)
     if "present" in when:
-        return _present(when["present"], lookup)
+        return view.exists(when["present"])
     if "absent" in when:
-        return not _present(when["absent"], lookup)
-    ref = FieldRef.parse(when["field"], "when")
-    seg = lookup(ref.segment)
-    value = seg.value(ref.field, 1, ref.component or 1) if seg is not None else None
-    return (value or "") in [str(v) for v in when.get("in", [])]
+        return not view.exists(when["absent"])
+    return (view.text(when["field"]) or "") in [str(v) for v in when.get("in", [])]
 
 
 def _present(text: str, lookup) -> bool:
