@@ -19,6 +19,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from gateway.ingest.http import ingest_blueprint
     from gateway.routing.admin import admin_blueprint
     from gateway.runtime import Gateway
+    from gateway.security import install_security
     from gateway.web import register_common
 
     settings = load_config(config)
@@ -27,6 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_MESSAGE_BYTES"]
     app.extensions["gateway"] = Gateway.from_config(settings)
     register_common(app)
+    install_security(app)       # every endpoint: token, policy, organization rules, audit (gateway/security)
     app.register_blueprint(ingest_blueprint)
     app.register_blueprint(fhir_blueprint, url_prefix="/fhir")
     app.register_blueprint(admin_blueprint)          # /admin/deliveries (routing)

@@ -22,12 +22,12 @@ def _gateway(args: argparse.Namespace):
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _refuse_public_bind(host: str) -> bool:
-    """No authentication exists yet, so the gateway must not listen beyond this machine."""
-    if host in LOOPBACK:
+def _refuse_public_bind(host: str, config: dict | None = None) -> bool:
+    """Beyond this machine only in production: elsewhere a demo admin client with a printed secret exists."""
+    if host in LOOPBACK or str((config or {}).get("ENVIRONMENT", "")).lower() == "production":
         return False
-    print(f"error: refusing to listen on {host}: the gateway has no authentication yet and binds to "
-          "127.0.0.1 only (put a reverse proxy with access control in front if you must)", file=sys.stderr)
+    print(f"error: refusing to listen on {host}: outside production (GATEWAY_ENVIRONMENT=production) the "
+          "gateway has a demo admin client and binds to 127.0.0.1 only", file=sys.stderr)
     return True
 
 
@@ -38,8 +38,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port), ("DATA_DIR", args.data_dir)) if v}
     app = create_app(overrides)
     host, port = app.config["HOST"], int(app.config["PORT"])
-    if _refuse_public_bind(host):
+    if _refuse_public_bind(host, app.config):
         return 2
+    from gateway.security.cli import announce_demo_client
+    announce_demo_client(app)
     listener = None
     mllp_port = int(args.mllp_port if args.mllp_port is not None else app.config["MLLP_PORT"] or 0)
     if mllp_port:
@@ -55,7 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         gateway = app.extensions["gateway"]
         workers = make_workers(gateway.config, gateway.store.engine, gateway.routes).start()
     try:
-        serve(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway")
+        # waitress refuses bodies over the limit itself, before buffering them (Flask would only after)
+        serve(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway",
+              max_request_body_size=int(app.config["MAX_MESSAGE_BYTES"]))
     finally:
         if listener is not None:
             listener.stop()
@@ -194,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.conformance_cli import add_conformance_parser
     add_conformance_parser(sub)
+
+    from gateway.security.cli import add_security_parsers
+    add_security_parsers(sub)
     from gateway.routing.commands import add_routing_parsers
     add_routing_parsers(sub)
     return parser

@@ -53,6 +53,20 @@ DEFAULTS: dict[str, Any] = {
     # our own identity in MSH-3/MSH-4 of ACKs
     "ACK_SENDING_APPLICATION": "LECHENG_GW",
     "ACK_SENDING_FACILITY": "HAINAN_EPC",
+    # --- security (gateway/security, README "Security")
+    # "production": no demo client is made or printed, and serve may bind beyond loopback
+    "ENVIRONMENT": "development",
+    "CLIENTS_FILE": "",             # registered clients; empty = <DATA_DIR>/clients.json
+    "SIGNING_KEYS_FILE": "",        # the gateway's token-signing keys; empty = <DATA_DIR>/signing-keys.json
+    "TOKEN_ISSUER": "",             # iss/aud of access tokens; empty = BASE_URL, else urn:lecheng-fhir-gateway
+    "TOKEN_LIFETIME_SECONDS": 300,
+    "RATE_LIMIT": "6000 per minute",        # per client (per source address without a token)
+    "TOKEN_RATE_LIMIT": "60 per minute",    # token requests per source address
+    "MAX_JSON_DEPTH": 100,                  # JSON bodies nested deeper are refused (400)
+    # MLLP over TLS with client certificates (bound to clients by certificate subject CN)
+    "MLLP_TLS_CERT": "",
+    "MLLP_TLS_KEY": "",
+    "MLLP_TLS_CLIENT_CA": "",
 }
 
 _INT_KEYS = {k for k, v in DEFAULTS.items() if isinstance(v, int)}

@@ -12,7 +12,16 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     from conformance.report import write_html, write_junit
     from conformance.runner import CASES_DIR, run_kit
 
-    report = run_kit(args.fhir_base, hl7=args.hl7, token=args.token, cases_dir=args.cases or CASES_DIR,
+    token = args.token
+    if args.client_id and not token:
+        from gateway.security.smart_client import TokenFetchError, fetch_token
+        try:
+            token = fetch_token(args.fhir_base, args.client_id, args.client_secret or "", args.token_url,
+                                timeout=args.timeout)
+        except TokenFetchError as exc:
+            print(f"error: could not get a token: {exc}", file=sys.stderr)
+            return 2
+    report = run_kit(args.fhir_base, hl7=args.hl7, token=token, cases_dir=args.cases or CASES_DIR,
                      profiles_dir=args.profiles, timeout=args.timeout)
     if args.report:
         write_html(report, args.report)
@@ -34,6 +43,9 @@ def add_conformance_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--hl7", help="HL7 v2 endpoint: http(s)://.../hl7v2 or mllp://host:port "
                                       "(without it the HL7 cases are skipped and no sample data is loaded)")
     parser.add_argument("--token", help="bearer token sent with every request")
+    parser.add_argument("--client-id", help="get the token with SMART client credentials (client_secret_basic)")
+    parser.add_argument("--client-secret", help="the client's secret (with --client-id)")
+    parser.add_argument("--token-url", help="token endpoint (default: from <fhir-base>/.well-known/smart-configuration)")
     parser.add_argument("--report", help="write the HTML report here")
     parser.add_argument("--junit", help="write JUnit XML here")
     parser.add_argument("--cases", help="directory of case files (default: the kit's conformance/cases)")

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from gateway import create_app
+from tests.security.credentials import authenticated
 
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLES = DATA / "samples"
@@ -24,7 +25,22 @@ def app(tmp_path):
 
 @pytest.fixture
 def client(app):
+    """An admin client with a real token from /auth/token (every endpoint needs one now)."""
+    return authenticated(app, "admin")
+
+
+@pytest.fixture
+def anonymous_client(app):
+    """No credentials at all."""
     return app.test_client()
+
+
+@pytest.fixture
+def client_as(app):
+    """``client_as(role, organization=None)``: a test client with a token for a new client of that role."""
+    def make(role: str, organization: str | None = None, scope: str | None = None):
+        return authenticated(app, role, organization, scope=scope)
+    return make
 
 
 @pytest.fixture

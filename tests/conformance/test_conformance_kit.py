@@ -17,6 +17,7 @@ from conformance.runner import KitReport, load_cases, run_kit
 from gateway.conformance_cli import main as conformance_main
 from gateway.ingest.mllp_handler import mllp_server
 from tests.conformance.fake_server import FAULTS, make_fake_fhir_app
+from tests.security.credentials import http_token, register
 
 ALL_CASES = [c["id"] for c in load_cases()]
 HL7_CASES = ["hl7-good-message-aa", "hl7-malformed-message-ar", "hl7-duplicate-same-ack"]
@@ -26,6 +27,12 @@ FAULT_CASES = {
     "search_param_500": {"capability-search-params"},
     "missing_outcome_on_400": {"search-bad-date"},
 }
+
+
+def _admin_token(app, base: str) -> str:
+    """The gateway needs a bearer token on every FHIR and HL7 endpoint (README "Security")."""
+    register(app, "conformance-kit", "admin")
+    return http_token(base, "conformance-kit")
 
 
 @contextmanager
@@ -56,7 +63,7 @@ def test_case_files_are_complete():
 
 def test_kit_passes_against_the_gateway_over_http(app):
     with served(app) as base:
-        report = run_kit(f"{base}/fhir", hl7=f"{base}/hl7v2")
+        report = run_kit(f"{base}/fhir", hl7=f"{base}/hl7v2", token=_admin_token(app, base))
     assert [r.id for r in report.results] == ALL_CASES
     assert report.passed == ALL_CASES, _summary(report)
     assert report.ok
@@ -72,7 +79,8 @@ def test_kit_hl7_cases_pass_over_mllp_with_python_hl7_client(app, gateway):
     try:
         host, port = listener.address
         with served(app) as base:
-            report = run_kit(f"{base}/fhir", hl7=f"mllp://{host}:{port}", only=HL7_CASES)
+            report = run_kit(f"{base}/fhir", hl7=f"mllp://{host}:{port}", only=HL7_CASES,
+                             token=_admin_token(app, base))
     finally:
         listener.stop()
     assert report.passed == HL7_CASES, _summary(report)
@@ -81,7 +89,8 @@ def test_kit_hl7_cases_pass_over_mllp_with_python_hl7_client(app, gateway):
 
 def test_without_hl7_endpoint_hl7_cases_are_skipped_not_passed(app):
     with served(app) as base:
-        report = run_kit(f"{base}/fhir", only=["metadata-capabilitystatement", "paging-next-links", *HL7_CASES])
+        report = run_kit(f"{base}/fhir", only=["metadata-capabilitystatement", "paging-next-links", *HL7_CASES],
+                         token=_admin_token(app, base))
     assert report.ok
     assert set(report.skipped) == {"paging-next-links", *HL7_CASES}     # an empty server: nothing to page
     assert "--hl7" in report.result("paging-next-links").message
@@ -148,7 +157,7 @@ def test_html_and_junit_reports_from_the_cli(tmp_path: Path):
 def test_cli_exit_code_zero_against_the_gateway(app, tmp_path: Path):
     with served(app) as base:
         code = conformance_main(["conformance", "--fhir-base", f"{base}/fhir", "--hl7", f"{base}/hl7v2",
-                                 "--junit", str(tmp_path / "j.xml")])
+                                 "--junit", str(tmp_path / "j.xml"), "--token", _admin_token(app, base)])
     assert code == 0
     assert etree.parse(str(tmp_path / "j.xml")).getroot().get("failures") == "0"
 

@@ -16,6 +16,7 @@ from gateway.store import schema
 from gateway.validation import has_errors
 from test_writes import patient
 from tests.security.credentials import authenticated
+from tests.security.credentials import authenticated
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
