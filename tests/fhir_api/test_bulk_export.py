@@ -12,11 +12,10 @@ from sqlalchemy import insert
 
 from gateway import create_app
 from gateway.export import ExportRequest
+from gateway.fhir_api.bulk import export_jobs
 from gateway.store import schema
 from gateway.validation import has_errors
 from test_writes import patient
-from tests.security.credentials import authenticated
-from tests.security.credentials import authenticated
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
@@ -154,14 +153,18 @@ def test_status_of_a_queued_job_is_202_with_progress(app, client, gateway):
     assert response.headers["X-Progress"] == "accepted"
 
 
-def test_a_restarted_gateway_resumes_unfinished_jobs(tmp_path):
-    first = create_app({"DATA_DIR": str(tmp_path), "TESTING": True})
-    seed_patients(first.extensions["gateway"], 3)
+def test_a_restarted_gateway_resumes_unfinished_jobs(app, gateway, tmp_path):
+    seed_patients(gateway, 3)
     job_id = "00000000-0000-4000-8000-000000000002"
-    _insert_job(first.extensions["gateway"], job_id)        # accepted, then the process "died"
-    second = authenticated(create_app({"DATA_DIR": str(tmp_path), "TESTING": True}), "admin")
-    status, manifest = finish(second, f"http://localhost/fhir/bulkstatus/{job_id}")
-    assert status == 200 and manifest["output"][0]["count"] == 3
+    _insert_job(gateway, job_id)                      # accepted, then the process "died"
+    restarted = create_app({"DATA_DIR": str(tmp_path), "TESTING": True})
+    with restarted.test_request_context("/fhir/bulkstatus/" + job_id):
+        jobs = export_jobs()                          # what the first status poll does after a restart
+    jobs.wait(job_id, 10)
+    job = jobs.get(job_id)
+    assert job.status == "completed"
+    assert [(o.type, o.count) for o in job.output] == [("Patient", 3)]
+    assert len((jobs.job_dir(job_id) / "Patient.ndjson").read_bytes().splitlines()) == 3
 
 
 def test_cancel_removes_the_job_and_its_files(client, gateway, tmp_path):
