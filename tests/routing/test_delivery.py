@@ -215,3 +215,16 @@ def test_orders_with_approval_and_cancellations_are_not_held(receivers, sample_r
     post(gateway, sample("rde_o11_cancel.hl7"))
     assert [m.status for m in gateway.message_log.recent(2)] == ["processed", "processed"]
     wait_until(lambda: gateway.outbox.counts() == {"delivered": 2})
+
+
+def test_too_old_goes_dead_whatever_the_attempt_count(tmp_path, receivers, make_gateway):
+    epc = receivers["epc"]
+    epc.require_token = False
+    epc.fail(503)
+    app, _workers = make_gateway(fast_routes(tmp_path, epc.url(), max_attempts=1000, max_age=0.3))
+    gateway = app.extensions["gateway"]
+    post(gateway, sample("rde_o11_new_imported.hl7"))
+    (dead,) = wait_until(lambda: gateway.outbox.list(status="dead"))
+    assert 1 <= dead.attempts < 1000 and dead.last_status_code == 503
+    assert dead.last_error.startswith(f"gave up after {dead.attempts} attempt(s) over ")
+    assert dead.last_error.endswith("last: HTTP 503: epc told to answer 503")
