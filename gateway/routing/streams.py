@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 
 import redis
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 STREAM = "lecheng:deliveries"
 GROUP = "delivery-workers"
 RELAY_PREFIX = "relay:"
+CONSUMER_GONE_SECONDS = 3600.0
 
 
 class StreamWorkers:
@@ -88,10 +90,25 @@ class StreamWorkers:
                 moved += 1
         return moved
 
+    def prune_consumers(self, idle_seconds: float = CONSUMER_GONE_SECONDS) -> list[str]:
+        """Forget consumers that hold nothing and have not asked for work in ``idle_seconds`` (workers
+        that stopped or died; a live consumer asks every poll interval). Returns their names."""
+        gone = []
+        for consumer in self.redis.xinfo_consumers(self.stream, self.group):
+            name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+            if consumer["pending"] == 0 and consumer["idle"] > idle_seconds * 1000:
+                self.redis.xgroup_delconsumer(self.stream, self.group, name)
+                gone.append(name)
+        return gone
+
     def _relay_loop(self) -> None:
+        next_prune = 0.0
         while not self._stop.is_set():
             try:
                 moved = self.relay_once()
+                if time.monotonic() >= next_prune:
+                    self.prune_consumers()
+                    next_prune = time.monotonic() + 60
             except Exception:  # noqa: BLE001 - Redis or the database away for a moment: try again
                 log.exception("delivery relay: failed; trying again")
                 moved = 0

@@ -157,3 +157,26 @@ def test_routes_error_stops_the_gateway(tmp_path):
     with pytest.raises(Exception, match=r"routes.yaml:7: rule events: destination 'nmpa' is not defined"):
         Gateway.from_config(load_config({"DATA_DIR": str(tmp_path), "ROUTES_FILE": str(routes)}))
     assert parse_routes(ROUTES).rules[2].hold == "drafts are reviewed first"
+
+
+def test_admin_deliveries_endpoint_pages_and_refuses_bad_queries(tmp_path, monkeypatch):
+    from gateway import create_app
+    from tests.routing.conftest import admin_client
+    (tmp_path / "routes.yaml").write_text(ROUTES)
+    app = create_app({"DATA_DIR": str(tmp_path), "ROUTES_FILE": str(tmp_path / "routes.yaml"), "TESTING": True})
+    gateway, client = app.extensions["gateway"], admin_client(app)
+    made = [store(gateway, order()) for _ in range(3)]
+    first = client.get("/admin/deliveries?status=pending&destination=epc&limit=2").get_json()
+    assert [d["resource"] for d in first["deliveries"]] == [f"MedicationRequest/{r['id']}/_history/1" for r in made[:2]]
+    assert first["counts"] == {"pending": 3}
+    rest = client.get(f"/admin/deliveries?status=pending&limit=2&after={first['next']}").get_json()
+    assert [d["resource"] for d in rest["deliveries"]] == [f"MedicationRequest/{made[2]['id']}/_history/1"]
+    assert rest["next"] is None
+    bad = client.get("/admin/deliveries?status=lost")
+    assert bad.status_code == 400
+    assert bad.get_json()["issue"][0]["diagnostics"] == ("status must be one of pending, failed, delivered, dead, "
+                                                         "held, not 'lost'")
+    assert client.get("/admin/deliveries?limit=0").status_code == 400
+    assert client.get("/admin/deliveries?after=x").status_code == 400
+    missing = client.post("/admin/deliveries/999/replay")
+    assert (missing.status_code, missing.get_json()["issue"][0]["code"]) == (404, "not-found")

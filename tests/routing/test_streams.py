@@ -137,3 +137,17 @@ def test_stream_workers_retry_and_keep_version_order(tmp_path, receivers, redis_
         workers.stop()
     assert receiver.stored_versions("MedicationRequest", res_id) == ["1", "2", "3"]
     assert [d.attempts for d in gateway.outbox.list()] == [4, 1, 1]
+
+
+def test_consumers_that_stopped_and_hold_nothing_are_forgotten(tmp_path, receivers, redis_url, stream_name):
+    routes = fast_routes(tmp_path, receivers["province"].url())
+    gateway = make_gateway(tmp_path, routes, redis_url, stream_name)
+    workers = StreamWorkers(Deliverer(gateway.store.engine, gateway.routes), redis_url, 1, 0.02, stream=stream_name)
+    workers.ensure_group()
+    client = redis.Redis.from_url(redis_url)
+    client.xadd(stream_name, {"id": "1"})
+    client.xreadgroup(workers.group, "left-holding-one", {stream_name: ">"}, count=1)   # pending 1: kept
+    client.xgroup_createconsumer(stream_name, workers.group, "stopped-long-ago")        # nothing pending
+    time.sleep(0.2)
+    assert workers.prune_consumers(idle_seconds=0.1) == ["stopped-long-ago"]
+    assert [c["name"] for c in client.xinfo_consumers(stream_name, workers.group)] == [b"left-holding-one"]
