@@ -101,9 +101,11 @@ class DocumentReader:
 
 
 class DocumentGroups:
-    """The groups of one document as scopes, found once per run. A scope reads its own paths (there
-    is no looking further out: a path starting at the root, ``/`` or ``$.``, says so itself); its
-    ``ids`` name it and the items enclosing it, so a ``ref`` finds the resource made for the same item."""
+    """The groups of one document as scopes, found from the root once per run. A scope reads its own
+    paths (there is no looking further out: a path starting at the root, ``/`` or ``$.``, says so
+    itself). Its ``key`` names its node and its ``ids`` the nodes of its subtree, so, as with v2
+    segment groups, an item overlaps the items inside it and not its siblings: a nested row takes
+    the inner items inside its item, and a ``ref`` finds the resource made for an overlapping item."""
 
     def __init__(self, reader: DocumentReader, top: Any, definitions: dict[str, dict]):
         self.reader = reader
@@ -113,11 +115,12 @@ class DocumentGroups:
 
     def scopes(self, name: str) -> list:
         if name not in self._scopes:
-            self._scopes[name] = self.inside(name, self.top)
+            self._scopes[name] = self.reader.select(self.definitions[name]["select"], self.top)
         return self._scopes[name]
 
     def inside(self, name: str, scope: Any) -> list:
-        return self.reader.select(self.definitions[name]["select"], scope)
+        found = self.scopes(name)
+        return found if scope.ids is None else [inner for inner in found if inner.key in scope.ids]
 
     def view(self, scope: Any, outer: Any = None, group: str | None = None) -> Any:
         return scope
@@ -161,11 +164,12 @@ class XmlPath:
 
 class XmlScope(PathScope):
     """One node (the root, or a group's element) that relative XPaths start from."""
-    __slots__ = ("node", "reader", "ids")
+    __slots__ = ("node", "reader", "key", "ids")
 
-    def __init__(self, node: etree._Element, reader: "XmlReader", ids: frozenset | None = None):
+    def __init__(self, node: etree._Element, reader: "XmlReader", key: str = "/", ids: frozenset | None = None):
         self.node = node
         self.reader = reader
+        self.key = key
         self.ids = ids
 
     def values(self, ref: XmlPath) -> list[tuple[str, tuple]]:
@@ -249,7 +253,7 @@ class XmlReader(DocumentReader):
     def select(self, path: XmlPath, scope: XmlScope) -> list[XmlScope]:
         nodes = path.xpath(scope.node)
         tree = scope.node.getroottree()
-        return [XmlScope(node, self, (scope.ids or frozenset()) | {tree.getpath(node)})
+        return [XmlScope(node, self, tree.getpath(node), frozenset(tree.getpath(n) for n in node.iter()))
                 for node in (nodes if isinstance(nodes, list) else []) if isinstance(node, etree._Element)]
 
     def location(self, node: etree._Element, then: str = "") -> DocumentLocation:
@@ -412,6 +416,10 @@ class JsonScope(PathScope):
         self.root = root
         self.ids = ids
 
+    @property
+    def key(self) -> str:
+        return self.pointer
+
     def walk(self, ref: JsonPath) -> list[tuple[Any, str]]:
         current = [(self.root, "")] if ref.absolute else [(self.node, self.pointer)]
         for key, index in ref.steps:
@@ -448,6 +456,14 @@ class JsonScope(PathScope):
         return bool(self.walk(ref))
 
 
+def _pointers(node: Any, pointer: str):
+    """The JSON pointers of a value and of everything inside it."""
+    yield pointer
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        yield from _pointers(child, f"{pointer}/{_pointer_token(key)}")
+
+
 def parse_json_path(text: str, where: str) -> JsonPath:
     text = str(text).strip()
     absolute = text.startswith("$")
@@ -477,7 +493,7 @@ class JsonReader(DocumentReader):
         return {"select": self.compile(group["select"], f"{where}: group '{name}'")}
 
     def select(self, path: JsonPath, scope: JsonScope) -> list[JsonScope]:
-        return [JsonScope(node, pointer, scope.root, (scope.ids or frozenset()) | {pointer})
+        return [JsonScope(node, pointer, scope.root, frozenset(_pointers(node, pointer)))
                 for node, pointer in scope.walk(path)]
 
     def read(self, raw: bytes) -> ReadDocument:

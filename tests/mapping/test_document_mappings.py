@@ -247,3 +247,41 @@ name: t
 source: json
 resources: [{key: d, type: Device, elements: {lotNumber: {from: lot}}}]
 """)
+
+
+def test_nested_rows_and_refs_work_on_documents_as_on_hl7():
+    """The engine's general features on a JSON source: a nested ``for_each`` row (one item per inner
+    group inside the resource's group) and a ``ref`` to the resource made for the same item."""
+    spec = _spec("""
+name: t
+source: json
+document:
+  sender: site
+  fields: {site: {required: true}, "reports[*].id": {required: true}, "reports[*].devices[*].di": {}}
+groups:
+  report: {select: "reports[*]"}
+  device: {select: "reports[*].devices[*]"}       # found from the root, like every group
+resources:
+  - key: device
+    type: Device
+    for_each: device
+    elements:
+      identifier: {fields: {value: di, authority: $.site}, as: identifier, args: {kind: EI}}
+  - key: event
+    type: AdverseEvent
+    for_each: report
+    elements:
+      identifier: {fields: {value: id, authority: $.site}, as: identifier, args: {kind: AE}}
+      suspectEntity[]:
+        for_each: device
+        elements:
+          instance: {ref: device}
+""")
+    raw = json.dumps({"site": "H1", "reports": [{"id": "R1", "devices": [{"di": "D1"}, {"di": "D2"}]},
+                                                {"id": "R2", "devices": [{"di": "D3"}]}]}).encode()
+    (unit,) = spec.reader.read(raw).units
+    result = spec.run(unit, TERMINOLOGY, ZONE)
+    devices = {m.temp_id: m.resource["identifier"][0]["value"] for m in result.resources if m.type == "Device"}
+    events = [m.resource for m in result.resources if m.type == "AdverseEvent"]
+    assert [[devices[s["instance"]["reference"]] for s in e["suspectEntity"]] for e in events] == [["D1", "D2"], ["D3"]]
+    assert [e["identifier"][0]["system"] for e in events] == [f"{BASE}/sid/H1/adverse-event"] * 2
