@@ -79,6 +79,41 @@ class DocumentReader:
         self.options = options
         self.declared: dict[str, dict] = {str(k): dict(v or {}) for k, v in (options.get("fields") or {}).items()}
         self.sender = self.compile(options["sender"], f"{where}: document.sender")
+        self.condition_paths: dict[str, Any] = {}
+
+    def precompile_conditions(self, data: dict, where: str) -> None:
+        """The engine keeps ``present``, ``when`` and lifecycle conditions as text; their paths are
+        compiled here, when the mapping loads, so a bad one fails then and not on a document."""
+        def conditions(when: Any) -> None:
+            if isinstance(when, dict):
+                for key in ("present", "absent", "field"):
+                    if key in when:
+                        self._condition_path(when[key], where)
+                for key in ("any", "all"):
+                    for inner in when.get(key) or ():
+                        conditions(inner)
+                conditions(when.get("not"))
+
+        def rows(elements: dict) -> None:
+            for rule in elements.values():
+                for row in rule if isinstance(rule, list) else [rule]:
+                    if isinstance(row, dict):
+                        conditions(row.get("when"))
+                        rows(row.get("elements") or {})
+
+        for spec in data.get("resources") or ():
+            lifecycle = spec.get("lifecycle") or {}
+            without = lifecycle.get("status_only_without") or []
+            for path in [*(spec.get("present") or []), *([without] if isinstance(without, str) else without)]:
+                self._condition_path(path, where)
+            conditions(spec.get("when"))
+            conditions(lifecycle.get("create_only_when"))
+            rows(spec.get("elements") or {})
+
+    def _condition_path(self, text: str, where: str) -> Any:
+        if text not in self.condition_paths:
+            self.condition_paths[text] = self.compile(text, f"{where}: condition")
+        return self.condition_paths[text]
 
     def begin(self, unit: DocumentUnit, groups: dict[str, dict]) -> "DocumentGroups":
         return DocumentGroups(self, unit.scope, groups)
@@ -122,8 +157,33 @@ class DocumentGroups:
         found = self.scopes(name)
         return found if scope.ids is None else [inner for inner in found if inner.key in scope.ids]
 
-    def view(self, scope: Any, outer: Any = None, group: str | None = None) -> Any:
-        return scope
+    def view(self, scope: Any, outer: Any = None, group: str | None = None) -> "DocumentView":
+        return DocumentView(scope, self.reader.condition_paths)
+
+
+class DocumentView:
+    """A scope as the engine reads it: paths compiled at load pass through; a condition's path, which
+    the engine hands over as text, is looked up among those the reader compiled at load."""
+    __slots__ = ("scope", "compiled")
+
+    def __init__(self, scope: Any, compiled: dict[str, Any]):
+        self.scope = scope
+        self.compiled = compiled
+
+    def _ref(self, ref: Any) -> Any:
+        return self.compiled[ref] if isinstance(ref, str) else ref
+
+    def exists(self, ref: Any) -> bool:
+        return self.scope.exists(self._ref(ref))
+
+    def text(self, ref: Any) -> str | None:
+        return self.scope.text(self._ref(ref))
+
+    def read(self, ref: Any):
+        return self.scope.read(ref)
+
+    def read_named(self, ref: Any):
+        return self.scope.read_named(ref)
 
 
 def _field_shape(values: list[str]) -> list:
@@ -585,4 +645,6 @@ def document_reader(source: str, data: dict, where: str) -> DocumentReader:
     reader_class = _READERS.get(source)
     if reader_class is None:
         raise MappingError(f"{where}: unknown source '{source}' (known: hl7v2, {', '.join(_READERS)})")
-    return reader_class(data, where)
+    reader = reader_class(data, where)
+    reader.precompile_conditions(data, where)
+    return reader

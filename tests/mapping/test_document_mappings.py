@@ -285,3 +285,36 @@ resources:
     events = [m.resource for m in result.resources if m.type == "AdverseEvent"]
     assert [[devices[s["instance"]["reference"]] for s in e["suspectEntity"]] for e in events] == [["D1", "D2"], ["D3"]]
     assert [e["identifier"][0]["system"] for e in events] == [f"{BASE}/sid/H1/adverse-event"] * 2
+
+
+def test_conditions_read_document_paths():
+    """``present``, ``when: {field, in}`` and ``when: {absent}`` on CSV columns, compiled when loaded."""
+    spec = _spec("""
+name: t
+source: csv
+document: {sender: h, fields: {h: {}, kind: {}, lot: {}, serial: {}}}
+resources:
+  - key: d
+    type: Device
+    present: [lot]
+    elements:
+      lotNumber: {from: lot}
+      serialNumber: {from: serial, when: {field: kind, in: [SERIALISED]}}
+      status: [{value: inactive, when: {absent: serial}}, {value: active}]
+""")
+    units = spec.reader.read(b"h,kind,lot,serial\nH,SERIALISED,L1,S1\nH,BULK,L2,S2\nH,SERIALISED,,S3\nH,BULK,L4,\n").units
+    made = [[m.resource for m in spec.run(unit, TERMINOLOGY, ZONE).resources] for unit in units]
+    assert made == [[{"resourceType": "Device", "lotNumber": "L1", "serialNumber": "S1", "status": "active"}],
+                    [{"resourceType": "Device", "lotNumber": "L2", "status": "active"}],
+                    [],
+                    [{"resourceType": "Device", "lotNumber": "L4", "status": "inactive"}]]
+
+
+def test_a_condition_naming_an_undeclared_column_is_a_load_error():
+    with pytest.raises(MappingError, match="condition: column 'kind' is not declared"):
+        _spec("""
+name: t
+source: csv
+document: {sender: h, fields: {h: {}}}
+resources: [{key: d, type: Device, elements: {status: {value: active, when: {field: kind, in: [X]}}}}]
+""")
