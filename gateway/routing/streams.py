@@ -61,7 +61,10 @@ class StreamWorkers:
                 raise
 
     def start(self) -> "StreamWorkers":
-        self.ensure_group()
+        try:
+            self.ensure_group()
+        except redis.ConnectionError as exc:     # the loops keep trying; the outbox keeps everything meanwhile
+            log.error("delivery: Redis at %s is not reachable (%s); deliveries wait until it is", self.redis, exc)
         self._stop.clear()
         self._running = [threading.Thread(target=self._relay_loop, name="delivery-relay", daemon=True)]
         self._running += [threading.Thread(target=self._consume_loop, args=(f"{self.name}-{i}",),
@@ -103,17 +106,21 @@ class StreamWorkers:
 
     def _relay_loop(self) -> None:
         next_prune = 0.0
+        failures = 0
         while not self._stop.is_set():
             try:
                 moved = self.relay_once()
                 if time.monotonic() >= next_prune:
                     self.prune_consumers()
                     next_prune = time.monotonic() + 60
-            except Exception:  # noqa: BLE001 - Redis or the database away for a moment: try again
-                log.exception("delivery relay: failed; trying again")
+                failures = 0
+            except Exception:  # noqa: BLE001 - Redis or the database away for a while: try again, less often
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.exception("delivery relay: failed %d time(s) in a row; trying again", failures)
                 moved = 0
             if moved == 0:
-                self._stop.wait(self.poll_seconds)
+                self._stop.wait(_pause(self.poll_seconds, failures))
 
     # ------------------------------------------------------------------ consumers
 
@@ -121,6 +128,7 @@ class StreamWorkers:
         block_ms = max(1, int(self.poll_seconds * 1000))
         claim_idle_ms = int((self.worker_lease + 1.0) * 1000)
         claim_every = 0
+        failures = 0
         while not self._stop.is_set():
             try:
                 entries = []
@@ -136,15 +144,20 @@ class StreamWorkers:
                     entries = [entry for _stream, items in response or [] for entry in items]
                 for entry_id, fields in entries:
                     self._handle(consumer, entry_id, fields)
+                failures = 0
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     self.ensure_group()
                     continue
+                failures += 1
                 log.exception("delivery consumer %s: Redis error; trying again", consumer)
-                self._stop.wait(self.poll_seconds)
+                self._stop.wait(_pause(self.poll_seconds, failures))
             except Exception:  # noqa: BLE001 - keep consuming; the outbox keeps what was not done
-                log.exception("delivery consumer %s: failed; trying again", consumer)
-                self._stop.wait(self.poll_seconds)
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.exception("delivery consumer %s: failed %d time(s) in a row; trying again", consumer,
+                                  failures)
+                self._stop.wait(_pause(self.poll_seconds, failures))
 
     def _handle(self, consumer: str, entry_id: bytes, fields: dict) -> None:
         raw = fields.get(b"id") or fields.get("id")
@@ -161,3 +174,8 @@ class StreamWorkers:
         pipe.xack(self.stream, self.group, entry_id)
         pipe.xdel(self.stream, entry_id)
         pipe.execute()
+
+
+def _pause(poll_seconds: float, failures: int) -> float:
+    """The poll interval, growing to 30 s while something keeps failing (Redis down, say)."""
+    return min(30.0, poll_seconds * (2 ** min(failures, 10))) if failures else poll_seconds

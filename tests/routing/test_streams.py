@@ -151,3 +151,27 @@ def test_consumers_that_stopped_and_hold_nothing_are_forgotten(tmp_path, receive
     time.sleep(0.2)
     assert workers.prune_consumers(idle_seconds=0.1) == ["stopped-long-ago"]
     assert [c["name"] for c in client.xinfo_consumers(stream_name, workers.group)] == [b"left-holding-one"]
+
+
+def test_workers_started_while_redis_is_down_deliver_once_it_is_up(tmp_path, receivers, stream_name):
+    from tests.routing.conftest import free_port
+    receiver = receivers["province"]
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    gateway = make_gateway(tmp_path, fast_routes(tmp_path, receiver.url()), url, stream_name)
+    (res_id,) = fill_outbox(gateway, resources=1, versions=2)
+    workers = StreamWorkers(Deliverer(gateway.store.engine, gateway.routes, lease_seconds=2), url, 1, 0.02,
+                            stream=stream_name).start()                  # no Redis yet: no exception either
+    redis_server = None
+    try:
+        time.sleep(0.5)
+        assert gateway.outbox.counts() == {"pending": 2}
+        redis_server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: gateway.outbox.counts() == {"delivered": 2}, timeout=20)
+    finally:
+        workers.stop()
+        if redis_server is not None:
+            redis_server.terminate()
+            redis_server.wait(10)
+    assert receiver.stored_versions("MedicationRequest", res_id) == ["1", "2"]
