@@ -7,6 +7,7 @@ dicts/lists/strings, or None when there is nothing to say: the engine never emit
 """
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
@@ -303,22 +304,28 @@ def _name(rep: list, family_i: int, given_i: int, middle_i: int, suffix_i: int, 
           use: str | None) -> dict | None:
     family = comp(rep, family_i)
     given = [g for g in (comp(rep, given_i), comp(rep, middle_i)) if g]
+    if not (family or given):
+        return None
+    suffix, prefix = comp(rep, suffix_i), comp(rep, prefix_i)
     name = _compact({
         "use": use,
         "family": family or None,
         "given": given or None,
-        "suffix": [comp(rep, suffix_i)] if comp(rep, suffix_i) else None,
-        "prefix": [comp(rep, prefix_i)] if comp(rep, prefix_i) else None,
+        "suffix": [suffix] if suffix else None,
+        "prefix": [prefix] if prefix else None,
     })
-    if family or given:
-        # a Chinese name is written family-then-given with no space (王小明); Western names with one
-        joined = family + "".join(given) if _is_cjk(family + "".join(given)) else " ".join([*given, family]).strip()
-        name["text"] = joined
-    return name if (family or given) else None
+    # a Chinese name is written family-then-given with no space (王小明); Western names with one
+    whole = family + "".join(given)
+    name["text"] = whole if _is_cjk(whole) else " ".join([*given, family]).strip()
+    return name
+
+
+_CJK = re.compile("[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def _is_cjk(value: str) -> bool:
-    return any("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for ch in value)
+    """Any CJK ideograph (unified, extension A, compatibility)."""
+    return _CJK.search(value) is not None
 
 
 @converter("human_names")

@@ -90,3 +90,11 @@ def test_field_refs_parse_the_same_when_remembered_and_bad_ones_fail_every_time(
     for _ in range(2):
         with pytest.raises(MappingError, match="rows: 'pid-3' is not a field reference"):
             FieldRef.parse("pid-3", "rows")
+
+
+def test_is_cjk_matches_the_character_range_definition_on_every_bmp_character():
+    from gateway.mapping.datatypes import _is_cjk
+
+    for code in range(0x10000):
+        ch = chr(code)
+        assert _is_cjk(f"a{ch}b") == ("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff"), hex(code)
