@@ -61,7 +61,7 @@ def test_two_worker_processes_share_deliveries_and_survive_a_sigkill(tmp_path, r
 
     env = {**os.environ, "GATEWAY_DATA_DIR": str(tmp_path / "gw"), "GATEWAY_ROUTES_FILE": str(routes),
            "GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_STREAM": stream_name, "GATEWAY_DELIVERY_POLL_MS": "20",
-           "GATEWAY_DELIVERY_LEASE_SECONDS": "2", "PYTHONPATH": str(REPO_ROOT)}
+           "GATEWAY_DELIVERY_LEASE_SECONDS": "3", "PYTHONPATH": str(REPO_ROOT)}
     command = [sys.executable, "-m", "gateway.cli", "worker", "--threads", "2"]
     workers = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=open(tmp_path / f"worker{i}.log", "wb")) for i in range(2)]
