@@ -46,7 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     mllp_port = int(args.mllp_port if args.mllp_port is not None else app.config["MLLP_PORT"] or 0)
     if mllp_port:
         from gateway.ingest.mllp_handler import mllp_server
-        listener = mllp_server(app.extensions["gateway"].pipeline, host, mllp_port)
+        from gateway.security.mllp_binding import MllpBinding, tls_context
+        listener = mllp_server(app.extensions["gateway"].pipeline, host, mllp_port,
+                               MllpBinding(app.extensions["security"]), tls_context(app.config))
         listener.start()
         print(f"MLLP listener on {host}:{listener.address[1]}", flush=True)
     print(f"Lecheng FHIR gateway on http://{host}:{port}  (FHIR base /fhir, HL7 v2 POST /hl7v2, "
@@ -75,7 +77,10 @@ def cmd_mllp(args: argparse.Namespace) -> int:
     host = args.host or gw.config["HOST"]
     if _refuse_public_bind(host):
         return 2
-    server = mllp_server(gw.pipeline, host, int(args.port or gw.config["MLLP_PORT"] or 2575))
+    from gateway.security import Security
+    from gateway.security.mllp_binding import MllpBinding, tls_context
+    server = mllp_server(gw.pipeline, host, int(args.port or gw.config["MLLP_PORT"] or 2575),
+                         MllpBinding(Security.from_config(gw.config, gw.store.engine)), tls_context(gw.config))
     server.start()
     host, port = server.address
     print(f"Lecheng FHIR gateway MLLP listener on {host}:{port}", flush=True)

@@ -34,6 +34,7 @@ from gateway.ingest.pipeline import Hl7Pipeline, provenance_record
 from gateway.mapping.documents import DocumentOrigin, DocumentUnit
 from gateway.mapping.engine import DocumentLocation, DocumentProblem, MappedResource, MappingSet, MappingSpec
 from gateway.mapping.terminology import Terminology
+from gateway.store.access import bound_organization
 from gateway.store.upsert import UpsertProblem, UpsertRejected
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,12 @@ class DocumentPipeline:
         if not mapped.resources:
             result.problems = [DocumentProblem(f"nothing in {unit.label} could be turned into a resource by "
                                                f"mapping '{spec.name}'", None, "required")]
+            return result
+        bound = bound_organization()        # a hospital sends only as itself (gateway/security)
+        if bound is not None and unit.origin.sending_facility not in (None, bound):
+            result.problems = [DocumentProblem(f"sending facility '{unit.origin.sending_facility}' is not this "
+                                               f"client's organization '{bound}'; nothing was stored", None,
+                                               "forbidden")]
             return result
         suffix = f":{unit.label.replace(' ', '-')}" if unit.label != "document" else ""
         origin = replace(unit.origin, control_id=digest + suffix)

@@ -60,6 +60,7 @@ import socket
 import ssl
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable
 
@@ -67,6 +68,9 @@ log = logging.getLogger(__name__)
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
+
+CURRENT_CONNECTION: ContextVar[tuple | None] = ContextVar("mllp_connection", default=None)
+"""(peer, socket) of the connection whose message the handler is answering (one thread each)."""
 
 HEAD_BYTES = 4096
 """How much of an oversized message is kept: enough for any real MSH segment."""
@@ -438,6 +442,7 @@ class MllpServer:
 
     def _serve_connection(self, sock: socket.socket, peer: tuple) -> None:
         who = _peer(peer)
+        CURRENT_CONNECTION.set((peer, sock))     # this thread's connection, for handlers that bind clients
         decoder = MllpDecoder(self._max_bytes)
         handled = 0
         log.debug("MLLP connection from %s", who)

@@ -32,9 +32,10 @@ def _msh7(ack: bytes) -> str | None:
     return first[6] if len(first) > 6 else None
 
 
-def make_mllp_handler(pipeline: Hl7Pipeline):
+def make_mllp_handler(pipeline: Hl7Pipeline, binding=None):
+    """``binding`` (gateway.security.mllp_binding): each message held to its connection's client."""
     def handle(payload: bytes) -> MllpReply:
-        result = pipeline.ingest(payload, transport="mllp")
+        result = binding.ingest(pipeline, payload) if binding is not None else pipeline.ingest(payload, transport="mllp")
         message = result.message
         if message is None or not (message.accept_ack_type or message.application_ack_type):
             return MllpReply(ack=result.ack)
@@ -68,10 +69,13 @@ def make_too_large_handler(pipeline: Hl7Pipeline, limit: int):
     return refuse
 
 
-def mllp_server(pipeline: Hl7Pipeline, host: str, port: int) -> MllpServer:
+def mllp_server(pipeline: Hl7Pipeline, host: str, port: int, binding=None, ssl_context=None) -> MllpServer:
+    """Without ``binding`` every connection is admitted unbound (library and test use); the CLI always
+    binds connections to registered clients (source address or TLS certificate)."""
     limit = int(pipeline.config["MAX_MESSAGE_BYTES"])
-    return MllpServer(make_mllp_handler(pipeline), host, port, max_bytes=limit,
-                      on_too_large=make_too_large_handler(pipeline, limit))
+    return MllpServer(make_mllp_handler(pipeline, binding), host, port, max_bytes=limit,
+                      on_too_large=make_too_large_handler(pipeline, limit), ssl_context=ssl_context,
+                      on_connect=binding.on_connect if binding is not None else None)
 
 
 def make_pipeline_handler():

@@ -23,6 +23,7 @@ from gateway.ingest.messagelog import MessageLog
 from gateway.mapping.engine import MappedMessage, MappedResource, MappingSet
 from gateway.mapping.terminology import Terminology
 from gateway.store import ResourceStore, now_instant
+from gateway.store.access import bound_organization, current_sender, sending_as
 from gateway.store.upsert import UpsertProblem, UpsertRejected, apply_mapped
 from gateway.validation import Issue, Validator
 
@@ -85,6 +86,13 @@ class Hl7Pipeline:
                           message_type=message.message_type)
         warnings = list(message.warnings)
 
+        bound = bound_organization()        # a hospital sends only as itself (gateway/security)
+        if bound is not None and message.sending_facility != bound:
+            error = Hl7Error(text=f"MSH-4 sending facility '{message.sending_facility}' is not this client's "
+                             f"organization '{bound}': a client sends only as itself; nothing was stored",
+                             segment="MSH", sequence=1, field=4, code="207")
+            return self._finish(log_id, message, AckCode.AR, [error], [], "rejected")
+
         earlier = self.log.earlier_arrivals(log_id, message.sending_facility, message.control_id)
         resend = earlier.same_content
         if resend is not None and resend.ack is not None:
@@ -140,7 +148,8 @@ class Hl7Pipeline:
         validated as it will be stored (``_check``), written, one Provenance (``provenance(changed)``)
         for what changed, and the routing hook (``origin``: the Hl7Message, or a document's origin
         with ``message_type`` and ``sending_facility``). Raises UpsertRejected: nothing stored."""
-        with self.store.write() as tx:
+        # the sending facility is tagged on what is stored (meta.tag, gateway/store/access.py)
+        with sending_as(getattr(origin, "sending_facility", None) or current_sender()), self.store.write() as tx:
             outcome = apply_mapped(tx, resources, source, self._check)
             written = list(outcome.written)
             changed = [r for _m, r, action in written if action in ("create", "update")]

@@ -157,7 +157,8 @@ def _authorize():
         scope = None
         if rule.kind in ("fhir", "fhir-system") and not principal.sees_everything:
             scope = _store_scope(principal)
-        g.access_tokens = access.set_for_request(principal.organization, scope)
+        bound = None if principal.sends_for_any_organization or rule.kind != "ingest" else principal.organization
+        g.access_tokens = access.set_for_request(principal.organization, scope, bound)
     return None
 
 

@@ -40,6 +40,26 @@ class AccessScope:
 
 _sender: ContextVar[str | None] = ContextVar("gateway_store_sender", default=None)
 _scope: ContextVar[AccessScope | None] = ContextVar("gateway_store_scope", default=None)
+_bound: ContextVar[str | None] = ContextVar("gateway_store_bound", default=None)
+
+
+@contextmanager
+def bound_to(organization: str | None) -> Iterator[None]:
+    """Messages and documents sent now must come from this organization (MSH-4 / sending facility):
+    set for a hospital's HTTP ingest request or its MLLP connection; None = any (admins)."""
+    token = _bound.set(organization)
+    try:
+        yield
+    finally:
+        _bound.reset(token)
+
+
+def bound_organization() -> str | None:
+    return _bound.get()
+
+
+def current_sender() -> str | None:
+    return _sender.get()
 
 
 @contextmanager
@@ -60,14 +80,15 @@ def restricted_to(scope: AccessScope | None) -> Iterator[None]:
         _scope.reset(token)
 
 
-def set_for_request(organization: str | None, scope: AccessScope | None) -> tuple:
+def set_for_request(organization: str | None, scope: AccessScope | None, bound: str | None = None) -> tuple:
     """For request hooks that cannot use a ``with`` block; pass the result to :func:`reset`."""
-    return _sender.set(organization), _scope.set(scope)
+    return _sender.set(organization), _scope.set(scope), _bound.set(bound)
 
 
 def reset(tokens: tuple) -> None:
     _sender.reset(tokens[0])
     _scope.reset(tokens[1])
+    _bound.reset(tokens[2])
 
 
 def current_scope() -> AccessScope | None:
@@ -94,6 +115,12 @@ def visible_condition(res_type_col, res_id_col, resource_type: str | None = None
     return exists(select(t.c.res_id).where(t.c.res_type == res_type_col, t.c.res_id == res_id_col,
                                            t.c.param == "_tag", t.c.system == ORGANIZATION_TAG,
                                            t.c.code == scope.organization))
+
+
+def visible_conditions(res_type_col, res_id_col, resource_type: str | None = None) -> list:
+    """:func:`visible_condition` as a list to extend a WHERE with (empty = no restriction)."""
+    condition = visible_condition(res_type_col, res_id_col, resource_type)
+    return [] if condition is None else [condition]
 
 
 def _routed_any(scope: AccessScope, res_type_col, res_id_col):
@@ -142,10 +169,11 @@ def _stamp(resource: dict, existing: dict | None) -> None:
         organizations.add(sender)
     if not organizations:
         return
-    meta = resource.setdefault("meta", {})
+    meta = dict(resource.get("meta") or {})       # a copy: the caller's dict is not changed
     tags = [t for t in meta.get("tag") or [] if not (isinstance(t, dict) and t.get("system") == ORGANIZATION_TAG)]
     tags += [{"system": ORGANIZATION_TAG, "code": code} for code in sorted(organizations)]
     meta["tag"] = tags
+    resource["meta"] = meta
 
 
 _VERB = {"c": "creating", "u": "updating", "d": "deleting"}

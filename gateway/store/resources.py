@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
-from gateway.store import schema
+from gateway.store import access, schema
 from gateway.store.search import (CursorCodec, IncludeSpec, SearchCriterion, SearchPage, SortKey,
                                   run_search)
 from gateway.store.search_parameters import SearchParameterRegistry, index_rows
@@ -43,6 +43,12 @@ class ResourceGone(StoreError):
 class VersionConflict(StoreError):
     status = 412
     issue_code = "conflict"
+
+
+class AccessDenied(StoreError):
+    """A write outside the caller's organization or scopes (gateway/store/access.py)."""
+    status = 403
+    issue_code = "forbidden"
 
 
 def now_instant() -> str:
@@ -83,7 +89,8 @@ class StoreTransaction:
             schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id)).first()
         if row is None or row.deleted:
             return None
-        return _load(row.content)
+        resource = _load(row.content)
+        return resource if access.is_visible(self.conn, resource) else None      # batch reads, conditional writes
 
     def find_by_identifier(self, resource_type: str, tokens: list[tuple[str, str]],
                            param: str = "identifier") -> list[dict]:
@@ -101,18 +108,23 @@ class StoreTransaction:
     def create(self, resource: dict) -> dict:
         resource = dict(resource)
         resource["id"] = resource.get("id") or str(uuid.uuid4())
+        access.before_write(self.conn, "c", resource, None)
         return self._write(resource, 1, "POST", insert_current=True)
 
     def update(self, resource: dict, expected_version: str | None = None) -> dict:
         """A new version; creates the resource (version 1) when the id is new (FHIR update-as-create)."""
-        row = self.conn.execute(select(schema.resources.c.version_id).where(
+        row = self.conn.execute(select(schema.resources.c.version_id, schema.resources.c.content,
+                                       schema.resources.c.deleted).where(
             schema.resources.c.res_type == resource["resourceType"],
             schema.resources.c.res_id == resource["id"])).first()
         if expected_version is not None and (row is None or str(row.version_id) != str(expected_version)):
             raise VersionConflict(f"{resource['resourceType']}/{resource['id']} is not at version {expected_version}")
+        resource = dict(resource)
+        existing = _load(row.content) if row is not None and not row.deleted else None
+        access.before_write(self.conn, "u" if existing is not None else "c", resource, existing)
         if row is None:
-            return self._write(dict(resource), 1, "PUT", insert_current=True)
-        return self._write(dict(resource), row.version_id + 1, "PUT", insert_current=False)
+            return self._write(resource, 1, "PUT", insert_current=True)
+        return self._write(resource, row.version_id + 1, "PUT", insert_current=False)
 
     def current_version(self, resource_type: str, resource_id: str) -> tuple[int, bool] | None:
         """(version, deleted) of a resource, None when the id was never used."""
@@ -126,6 +138,7 @@ class StoreTransaction:
         r = schema.resources
         conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False),
                       *build_conditions(self.store, resource_type, criteria)]
+        conditions += access.visible_conditions(r.c.res_type, r.c.res_id, resource_type)
         rows = self.conn.execute(select(r.c.content).where(*conditions).order_by(r.c.res_id).limit(limit)).all()
         return [_load(row.content) for row in rows]
 
@@ -138,6 +151,7 @@ class StoreTransaction:
             raise VersionConflict(f"{resource_type}/{resource_id} is not at version {expected_version}")
         if row is None or row.deleted:
             return None
+        access.before_write(self.conn, "d", _load(row.content), _load(row.content))
         version = row.version_id + 1
         stamp = now_instant()
         self.conn.execute(update(schema.resources).where(
@@ -207,11 +221,22 @@ class ResourceStore:
         with self.engine.connect() as conn:
             row = conn.execute(select(schema.resources.c.content, schema.resources.c.deleted).where(
                 schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id)).first()
+            if row is not None:
+                self._check_visible(conn, resource_type, resource_id)
         if row is None:
             raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
         if row.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} has been deleted")
         return _load(row.content)
+
+    def _check_visible(self, conn: Connection, resource_type: str, resource_id: str) -> None:
+        """Outside the caller's organization (gateway/store/access.py) a resource is answered as unknown."""
+        if access.current_scope() is None:
+            return
+        r = schema.resources
+        row = conn.execute(select(r.c.content).where(r.c.res_type == resource_type, r.c.res_id == resource_id)).first()
+        if row is None or not access.is_visible(conn, _load(row.content)):
+            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known (or not visible to this client)")
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict:
         if not str(version_id).isdigit():
@@ -220,6 +245,8 @@ class ResourceStore:
         with self.engine.connect() as conn:
             row = conn.execute(select(v.c.content, v.c.deleted).where(
                 v.c.res_type == resource_type, v.c.res_id == resource_id, v.c.version_id == int(version_id))).first()
+            if row is not None:
+                self._check_visible(conn, resource_type, resource_id)
         if row is None:
             raise ResourceNotFound(f"version {version_id} of {resource_type}/{resource_id} is not known")
         if row.deleted:
@@ -258,6 +285,7 @@ class ResourceStore:
             conditions.append(v.c.res_id == resource_id)
         if since is not None:
             conditions.append(v.c.last_updated > since)
+        conditions += access.visible_conditions(v.c.res_type, v.c.res_id, resource_type)
         offset, till = 0, None
         if cursor:
             till, _, offset_text = cursor.rpartition("|")
@@ -300,6 +328,7 @@ class ResourceStore:
         if criteria_sets:
             base.append(or_(*[and_(*build_conditions(self, resource_type, criteria)) if criteria else true()
                               for criteria in criteria_sets]))
+        base += access.visible_conditions(r.c.res_type, r.c.res_id, resource_type)
         if patient_compartment and resource_type != "Patient":
             ref = schema.idx_reference
             base.append(r.c.res_id.in_(select(ref.c.res_id).where(

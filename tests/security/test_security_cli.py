@@ -1,0 +1,84 @@
+"""fhir-gateway clients / keys, the demo client serve prints, and the conformance kit getting a token."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import threading
+
+from werkzeug.serving import make_server
+
+from gateway import create_app
+from gateway.cli import main
+from gateway.conformance_cli import main as conformance_main
+from gateway.security.cli import announce_demo_client
+
+
+def _basic(client_id: str, secret: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
+
+
+def test_clients_add_list_rotate_revoke(tmp_path, capsys):
+    data = ["--data-dir", str(tmp_path)]
+    assert main([*data, "clients", "add", "boao-his", "--organization", "BOAO_SUPER_HOSPITAL", "--role",
+                 "hospital", "--mllp-address", "10.1.2.0/24"]) == 0
+    secret = re.search(r"client_secret: (\S+)", capsys.readouterr().out).group(1)
+    assert secret not in (tmp_path / "clients.json").read_text()
+    assert main([*data, "clients", "add", "x", "--organization", "BAD CODE", "--role", "hospital"]) == 2
+    assert "facility code" in capsys.readouterr().err
+    assert main([*data, "clients", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "boao-his" in listed and "BOAO_SUPER_HOSPITAL" in listed and "mllp=10.1.2.0/24" in listed
+    assert secret not in listed and "scrypt" not in listed
+    app = create_app({"DATA_DIR": str(tmp_path)})
+    anonymous = app.test_client()
+    form = {"grant_type": "client_credentials"}
+    assert anonymous.post("/auth/token", data=form, headers=_basic("boao-his", secret)).status_code == 200
+    assert main([*data, "clients", "rotate", "boao-his"]) == 0
+    new_secret = re.search(r"new client_secret for boao-his: (\S+)", capsys.readouterr().out).group(1)
+    assert anonymous.post("/auth/token", data=form, headers=_basic("boao-his", secret)).status_code == 401
+    assert anonymous.post("/auth/token", data=form, headers=_basic("boao-his", new_secret)).status_code == 200
+    assert main([*data, "clients", "revoke", "boao-his"]) == 0
+    assert anonymous.post("/auth/token", data=form, headers=_basic("boao-his", new_secret)).status_code == 401
+    assert main([*data, "keys", "rotate"]) == 0
+    assert len(json.loads((tmp_path / "signing-keys.json").read_text())["keys"]) == 2   # first token + rotated
+
+
+def test_the_demo_client_is_printed_outside_production_only(tmp_path):
+    app = create_app({"DATA_DIR": str(tmp_path / "dev")})
+    out = io.StringIO()
+    secret = announce_demo_client(app, out)
+    assert f"client_id=demo-admin client_secret={secret}" in out.getvalue()
+    assert f"curl -s -u demo-admin:{secret} -d grant_type=client_credentials http://127.0.0.1:8080/auth/token" \
+        in out.getvalue()
+    response = app.test_client().post("/auth/token", data={"grant_type": "client_credentials"},
+                                      headers=_basic("demo-admin", secret))
+    assert response.status_code == 200
+    production = create_app({"DATA_DIR": str(tmp_path / "prod"), "ENVIRONMENT": "production"})
+    out = io.StringIO()
+    assert announce_demo_client(production, out) is None and out.getvalue() == ""
+    assert production.extensions["security"].clients.get("demo-admin") is None
+
+
+def test_serve_still_refuses_a_public_address_outside_production(tmp_path, capsys):
+    assert main(["--data-dir", str(tmp_path), "serve", "--host", "0.0.0.0"]) == 2
+    assert "GATEWAY_ENVIRONMENT=production" in capsys.readouterr().err
+
+
+def test_conformance_kit_gets_its_token_with_client_credentials(tmp_path, capsys):
+    app = create_app({"DATA_DIR": str(tmp_path)})
+    _client, secret = app.extensions["security"].clients.add("kit", "LECHENG_GW", "admin")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}/fhir"
+        assert conformance_main(["conformance", "--fhir-base", base, "--client-id", "kit",
+                                 "--client-secret", secret]) == 0
+        assert conformance_main(["conformance", "--fhir-base", base, "--client-id", "kit",
+                                 "--client-secret", "wrong"]) == 2
+        assert "could not get a token" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+        thread.join(5)
