@@ -127,6 +127,8 @@ def searches(total: int):
                      "&_count=50".format(*week(rng))),
         ("MedicationRequest by patient",
          lambda rng: f"/fhir/MedicationRequest?patient=Patient/pat{rng.randrange(n_pat)}"),
+        ("active MedicationRequests of a patient (status first)",
+         lambda rng: f"/fhir/MedicationRequest?status=active&patient=Patient/pat{rng.randrange(n_pat)}"),
         ("MedicationRequest by patient, _include patient",
          lambda rng: f"/fhir/MedicationRequest?patient=Patient/pat{rng.randrange(n_pat)}"
                      "&_include=MedicationRequest:patient"),

@@ -46,8 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_STREAM": "lecheng:deliveries",
     "MLLP_PORT": 0,  # 0 = MLLP listener not started by `serve`
     "DEFAULT_PAGE_SIZE": 50,
-    # signs search paging cursors; set the same value on every process behind a load balancer
-    # (empty: a random key per process, so a cursor is only good on the process that issued it)
+    # signs search paging cursors; set the same value on every machine behind a load balancer
+    # (empty: a random key kept in <DATA_DIR>/search-cursor.key, shared by the processes of one machine)
     "SEARCH_CURSOR_SECRET": "",
     "MAX_PAGE_SIZE": 1000,
     # our own identity in MSH-3/MSH-4 of ACKs

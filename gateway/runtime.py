@@ -12,6 +12,7 @@ from gateway.mapping.engine import MappingSet
 from gateway.mapping.terminology import Terminology
 from gateway.routing import Outbox, Router, Routes, load_routes
 from gateway.store import ResourceStore, SearchParameterRegistry, make_engine
+from gateway.store.search import cursor_secret_file
 from gateway.validation import ProfileRegistry, Validator
 
 
@@ -43,7 +44,8 @@ class Gateway:
         engine = make_engine(config["DATABASE_URL"])
         zone = ZoneInfo(config["TIMEZONE"]) if config["TIMEZONE"] else None
         store = ResourceStore(engine, SearchParameterRegistry.load(), zone,
-                              cursor_secret=config.get("SEARCH_CURSOR_SECRET") or None)
+                              cursor_secret=config.get("SEARCH_CURSOR_SECRET")
+                              or cursor_secret_file(Path(config["DATA_DIR"]) / "search-cursor.key"))
         message_log = MessageLog(engine)
         mappings = MappingSet.load(config["MAPPINGS_DIR"])
         terminology = Terminology.load(config["MAPPINGS_DIR"])

@@ -20,11 +20,14 @@ with a fingerprint of the query, so it cannot be altered or replayed against ano
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import secrets
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import orjson
@@ -32,7 +35,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import Float, String, and_, exists, false, func, literal, not_, or_, select
 from sqlalchemy.engine import Connection
 
-from gateway.store import access, schema
+from gateway.store import schema
 from gateway.store.search_parameters import (HIGHEST_DATE, SearchParameter, SearchParameterRegistry, date_range,
                                              normalize_string)
 
@@ -269,6 +272,7 @@ def build_conditions(store: "ResourceStore", resource_type: str, criteria: list[
 # from an index), every other one is checked per candidate with an EXISTS on (type, id, param)
 _NARROWNESS = {"token": 1, "reference": 1, "uri": 2, "string": 3, "quantity": 5, "number": 5, "date": 6}
 _NEVER_DRIVES = {"not", "missing", "contains", "above", "text"}
+_ESTIMATE_CAP = 2000
 
 
 class ConditionBuilder:
@@ -278,13 +282,39 @@ class ConditionBuilder:
         self.params = params
         self.zone = zone
 
-    def conditions(self, resource_type: str, r, criteria: list[SearchCriterion]) -> list:
+    def conditions(self, resource_type: str, r, criteria: list[SearchCriterion],
+                   conn: Connection | None = None) -> list:
+        """Conditions for ANDed criteria. With a connection, the driver is the criterion matching the
+        fewest index rows (counted up to a cap); without one, the narrowest kind."""
         ranks = [self._narrowness(resource_type, c) for c in criteria]
         driver = None
         if criteria and not any(rank == 0 for rank in ranks):      # an _id criterion drives by itself
             best = min(ranks)
             driver = ranks.index(best) if best < 9 else None
+            if conn is not None and driver is not None:
+                driver = self._fewest(conn, resource_type, criteria, ranks, driver)
         return [self.condition(resource_type, r, c, driving=(i == driver)) for i, c in enumerate(criteria)]
+
+    def _fewest(self, conn: Connection, resource_type: str, criteria: list[SearchCriterion], ranks: list[int],
+                fallback: int) -> int:
+        """The simple criterion with the fewest matching index rows; a chain or _has still drives
+        when no simple criterion is small."""
+        counts = {}
+        for i, criterion in enumerate(criteria):
+            if ranks[i] >= 9 or criterion.chain is not None or criterion.param == "_has":
+                continue
+            table, match = self._index_match(resource_type, criterion, opaque=False)
+            param = self.params.get(resource_type, criterion.param)
+            rows = select(table.c.res_id).where(table.c.res_type == resource_type, table.c.param == param.name,
+                                                match).limit(_ESTIMATE_CAP)
+            counts[i] = conn.execute(select(func.count()).select_from(rows.subquery())).scalar_one()
+        if not counts:
+            return fallback
+        smallest = min(counts, key=lambda i: (counts[i], ranks[i]))
+        linked = [i for i in range(len(criteria)) if i not in counts and ranks[i] < 9]
+        if linked and counts[smallest] >= _ESTIMATE_CAP // 4:
+            return min(linked, key=lambda i: ranks[i])
+        return smallest
 
     def _narrowness(self, resource_type: str, criterion: SearchCriterion) -> int:
         if criterion.param == "_has":
@@ -310,30 +340,38 @@ class ConditionBuilder:
             return self._chain(resource_type, r, param, criterion, driving)
         if param.column:
             return self._column(r, param, criterion)
-        table = schema.INDEX_TABLES[param.table]
         if criterion.modifier == "missing":
+            table = schema.INDEX_TABLES[param.table]
             present = exists().where(table.c.res_type == resource_type, table.c.res_id == r.c.res_id,
                                      table.c.param == param.name)
             return or_(*[~present if v == "true" else present for v in criterion.values])
-        if criterion.modifier == "text":
-            table = schema.idx_string
-        elif criterion.modifier == "identifier":
-            table = schema.idx_token
         # an EXISTS check must reach its rows by (type, id, param): its value columns are wrapped so
         # the planner cannot pick a value index instead (it would scan every resource's rows)
-        values = table if driving and criterion.modifier != "not" else _opaque(table)
-        if criterion.modifier == "text":
-            match = or_(*[_starts_with(values.c.value, normalize_string(v)) for v in criterion.values])
-        elif criterion.modifier == "identifier":
-            match = or_(*[_token_condition(values, v) for v in criterion.values])
-        else:
-            match = or_(*[self._value(param, values, v, criterion.modifier) for v in criterion.values])
+        table, match = self._index_match(resource_type, criterion,
+                                         opaque=not driving or criterion.modifier == "not")
         if driving and criterion.modifier != "not":
             return r.c.res_id.in_(select(table.c.res_id).where(table.c.res_type == resource_type,
                                                                table.c.param == param.name, match))
         found = exists().where(table.c.res_type == resource_type, table.c.res_id == r.c.res_id,
                                table.c.param == param.name, match)
         return ~found if criterion.modifier == "not" else found
+
+    def _index_match(self, resource_type: str, criterion: SearchCriterion, opaque: bool):
+        """(index table, condition on its rows) for a criterion on one indexed parameter."""
+        param = self.params.get(resource_type, criterion.param)
+        table = schema.INDEX_TABLES[param.table]
+        if criterion.modifier == "text":
+            table = schema.idx_string
+        elif criterion.modifier == "identifier":
+            table = schema.idx_token
+        values = _opaque(table) if opaque else table
+        if criterion.modifier == "text":
+            match = or_(*[_starts_with(values.c.value, normalize_string(v)) for v in criterion.values])
+        elif criterion.modifier == "identifier":
+            match = or_(*[_token_condition(values, v) for v in criterion.values])
+        else:
+            match = or_(*[self._value(param, values, v, criterion.modifier) for v in criterion.values])
+        return table, match
 
     # ---------------------------------------------------------- per type
 
@@ -602,6 +640,24 @@ class CursorCodec:
         return bool(data.get("b")), values, last_id
 
 
+def cursor_secret_file(path: Path) -> bytes:
+    """The cursor-signing key kept in ``path`` (made on first use, readable by the owner only), so
+    every process of one machine, and a restarted one, honours the cursors the others issued."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32).encode()
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:                  # another process made it first: use theirs
+        return path.read_bytes()
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(secret)
+    return secret
+
+
 def query_fingerprint(resource_type: str, criteria: list[SearchCriterion], sort: list[SortKey]) -> str:
     payload = orjson.dumps([resource_type, [asdict(c) for c in criteria], [asdict(k) for k in sort]])
     return hashlib.sha256(payload).hexdigest()[:24]
@@ -614,20 +670,19 @@ def run_search(store: "ResourceStore", resource_type: str, criteria: list[Search
                includes: list[IncludeSpec] | None = None) -> SearchPage:
     r = schema.resources
     sort = list(sort or [])
-    builder = ConditionBuilder(store.params, store.zone)
-    conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False),
-                  *builder.conditions(resource_type, r, criteria)]
-    conditions += access.visible_conditions(r.c.res_type, r.c.res_id, resource_type)   # caller's organization
     keys = [(_sort_expression(store.params, resource_type, r, k), k.descending) for k in sort]
     fingerprint = query_fingerprint(resource_type, criteria, sort)
-    backwards, page_conditions = False, list(conditions)
+    backwards, after = False, None
     if cursor:
         backwards, values, last_id = store.cursors.decode(cursor, fingerprint, len(keys))
-        page_conditions.append(_after(keys, values, last_id, r.c.res_id, backwards))
+        after = _after(keys, values, last_id, r.c.res_id, backwards)
     order = [(e.desc() if d != backwards else e.asc()) for e, d in keys]
     order.append(r.c.res_id.desc() if backwards else r.c.res_id.asc())
     columns = [r.c.res_id, r.c.content, *[e.label(f"k{i}") for i, (e, _) in enumerate(keys)]]
     with store.engine.connect() as conn:
+        conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False),
+                      *ConditionBuilder(store.params, store.zone).conditions(resource_type, r, criteria, conn)]
+        page_conditions = conditions if after is None else [*conditions, after]
         counted = None
         if total != "none":
             counted = conn.execute(select(func.count()).select_from(r).where(*conditions)).scalar_one()
@@ -718,7 +773,7 @@ def _fetch(conn: Connection, keys: list[tuple[str, str]]) -> list[dict]:
             rows = conn.execute(select(r.c.content).where(r.c.res_type == resource_type, r.c.res_id.in_(chunk),
                                                           r.c.deleted.is_(False)).order_by(r.c.res_id))
             found += [orjson.loads(row.content) for row in rows]
-    return [resource for resource in found if access.is_visible(conn, resource)]     # _include too
+    return found
 
 
 def _chunks(items: list) -> Iterable[list]:

@@ -135,3 +135,12 @@ def test_capability_statement_declares_search_params_includes_and_sort(client, g
     assert "MedicationRequest:patient" in resources["MedicationRequest"]["searchInclude"]
     assert "MedicationRequest:patient" in resources["Patient"]["searchRevInclude"]
     assert declared["_lastUpdated"]["type"] == "date"
+
+
+def test_searchset_in_xml_keeps_modes_and_links(client, loaded):
+    response = client.get("/fhir/MedicationRequest?_id=m0&_include=MedicationRequest:patient&_format=xml")
+    assert response.status_code == 200
+    assert response.content_type.startswith("application/fhir+xml")
+    body = response.get_data(as_text=True)
+    assert '<type value="searchset"/>' in body
+    assert body.count('<mode value="match"/>') == 1 and body.count('<mode value="include"/>') == 1

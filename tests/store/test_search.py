@@ -393,3 +393,26 @@ def test_every_declared_parameter_of_the_real_registry_indexes_and_searches(tmp_
         for name, param in registry.for_type(resource_type).items():
             page = search(store, resource_type, f"{name}={probe[param.type]}")
             assert page.total in (0, 1)
+
+
+@pytest.mark.parametrize("query", [
+    "status=active&patient=Patient/p1&code:text=aspirin",
+    "code:text=aspirin&patient=Patient/p1&status=active",
+    "patient.identifier=A1&authoredon=ge2026-03-01&status:not=completed",
+    "authoredon=ge2026-03-01&status:not=completed&patient.identifier=A1",
+])
+def test_the_answer_does_not_depend_on_which_criterion_drives_the_query(store, query):
+    expected = ["m1"] if "aspirin" in query else ["m1", "m3"]
+    assert ids(store, "MedicationRequest", query) == expected
+
+
+def test_cursor_key_is_kept_in_the_data_directory_for_every_process(tmp_path):
+    from gateway import create_app
+    first = create_app({"DATA_DIR": str(tmp_path), "TESTING": True}).extensions["gateway"].store
+    second = create_app({"DATA_DIR": str(tmp_path), "TESTING": True}).extensions["gateway"].store
+    token = first.cursors.encode("fingerprint", False, ["1980"], "p1")
+    assert second.cursors.decode(token, "fingerprint", 1) == (False, ["1980"], "p1")
+    assert (tmp_path / "search-cursor.key").stat().st_mode & 0o777 == 0o600
+    other = create_app({"DATA_DIR": str(tmp_path / "elsewhere"), "TESTING": True}).extensions["gateway"].store
+    with pytest.raises(SearchError, match="altered"):
+        other.cursors.decode(token, "fingerprint", 1)
