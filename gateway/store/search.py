@@ -35,7 +35,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import Float, String, and_, exists, false, func, literal, not_, or_, select
 from sqlalchemy.engine import Connection
 
-from gateway.store import schema
+from gateway.store import access, schema
 from gateway.store.search_parameters import (HIGHEST_DATE, SearchParameter, SearchParameterRegistry, date_range,
                                              normalize_string)
 
@@ -682,6 +682,7 @@ def run_search(store: "ResourceStore", resource_type: str, criteria: list[Search
     with store.engine.connect() as conn:
         conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False),
                       *ConditionBuilder(store.params, store.zone).conditions(resource_type, r, criteria, conn)]
+        conditions += access.visible_conditions(r.c.res_type, r.c.res_id, resource_type)   # caller's organization
         page_conditions = conditions if after is None else [*conditions, after]
         counted = None
         if total != "none":
@@ -773,7 +774,7 @@ def _fetch(conn: Connection, keys: list[tuple[str, str]]) -> list[dict]:
             rows = conn.execute(select(r.c.content).where(r.c.res_type == resource_type, r.c.res_id.in_(chunk),
                                                           r.c.deleted.is_(False)).order_by(r.c.res_id))
             found += [orjson.loads(row.content) for row in rows]
-    return found
+    return [resource for resource in found if access.is_visible(conn, resource)]     # _include too
 
 
 def _chunks(items: list) -> Iterable[list]:
