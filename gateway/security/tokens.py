@@ -39,6 +39,7 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS384", "ES384")
 MAX_ASSERTION_LIFETIME = 300
 LEEWAY = 30
+VERIFIED_CACHE = 10_000
 
 
 class AuthError(Exception):
@@ -70,6 +71,7 @@ class TokenService:
         self.engine = engine
         self.issuer = issuer
         self.lifetime = int(lifetime)
+        self._verified: dict[str, dict] = {}     # token -> claims, until it expires (the client is re-checked)
 
     # ------------------------------------------------------------------ the token endpoint
 
@@ -156,6 +158,22 @@ class TokenService:
 
     def principal(self, token: str) -> Principal:
         """The caller behind a bearer token; raises AuthError (401 ``invalid_token``)."""
+        claims = self._verified.get(token)
+        if claims is None or claims["exp"] <= time.time():
+            claims = self._verify(token)
+            if len(self._verified) >= VERIFIED_CACHE:
+                self._verified.clear()
+            self._verified[token] = claims
+        client = self.clients.get(claims["sub"])
+        if client is None or not client.active:
+            raise AuthError("invalid_token", "the token's client is revoked or no longer registered")
+        if client.organization != claims.get("organization") or client.role != claims.get("role"):
+            raise AuthError("invalid_token", "the client's registration changed since this token was issued")
+        return Principal(client.client_id, client.organization, client.role, parse_scopes(claims["scope"]),
+                         claims["jti"])
+
+    def _verify(self, token: str) -> dict:
+        """Signature, issuer, audience and expiry checked by PyJWT; the claims, or AuthError."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
@@ -170,13 +188,7 @@ class TokenService:
             raise AuthError("invalid_token", "the access token has expired; ask /auth/token for a new one") from exc
         except jwt.PyJWTError as exc:
             raise AuthError("invalid_token", f"the bearer token is not valid: {exc}") from exc
-        client = self.clients.get(claims["sub"])
-        if client is None or not client.active:
-            raise AuthError("invalid_token", "the token's client is revoked or no longer registered")
-        if client.organization != claims.get("organization") or client.role != claims.get("role"):
-            raise AuthError("invalid_token", "the client's registration changed since this token was issued")
-        return Principal(client.client_id, client.organization, client.role, parse_scopes(claims["scope"]),
-                         claims["jti"])
+        return claims
 
 
 def _key_for(client: Client, header: dict):
