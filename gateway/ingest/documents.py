@@ -50,6 +50,7 @@ class UnitOutcome:
     written: list[tuple[Any, dict, str]] = field(default_factory=list)
     problems: list[DocumentProblem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)      # routing hold rules that matched: stored, not delivered
 
 
 @dataclass
@@ -127,10 +128,10 @@ class DocumentPipeline:
         if not stored:
             self.log.finish(log_id, "error", None, detail)
             return DocumentResult(422, outcome([p for u in failed for p in u.problems]), log_id, "error", units)
-        self.log.finish(log_id, "error" if failed else "processed", None, detail)
+        status = "error" if failed else "on-hold" if any(u.held for u in stored) else "processed"
+        self.log.finish(log_id, status, None, detail)
         bundle_type = "batch-response" if spec.source == "csv" else "transaction-response"
-        return DocumentResult(200, response_bundle(bundle_type, units), log_id,
-                              "error" if failed else "processed", units)
+        return DocumentResult(200, response_bundle(bundle_type, units), log_id, status, units)
 
     def _unit(self, spec: MappingSpec, unit: DocumentUnit, digest: str) -> UnitOutcome:
         result = UnitOutcome(unit.label)
@@ -167,6 +168,7 @@ class DocumentPipeline:
         result.written = stored.written
         result.warnings += stored.warnings
         result.warnings += [f"{p.text}" for p in stored.unresolved]
+        result.held = list(stored.held)
         result.warnings += [f"held for review, not delivered: {reason}" for reason in stored.held]
         return result
 

@@ -228,3 +228,28 @@ def test_too_old_goes_dead_whatever_the_attempt_count(tmp_path, receivers, make_
     assert 1 <= dead.attempts < 1000 and dead.last_status_code == 503
     assert dead.last_error.startswith(f"gave up after {dead.attempts} attempt(s) over ")
     assert dead.last_error.endswith("last: HTTP 503: epc told to answer 503")
+
+
+def test_a_held_hospital_document_leaves_its_log_entry_on_hold(tmp_path, receivers, make_gateway):
+    """Holds reach the message log for XML/CSV/JSON exports as they do for HL7 (one status per document)."""
+    epc = receivers["epc"]
+    epc.require_token = False
+    hold_json = """
+  - name: online-clinic-under-review
+    resource: MedicationRequest
+    message_type: ["json:*"]
+    hold: online clinic prescriptions are reviewed before release
+"""
+    app, _workers = make_gateway(fast_routes(tmp_path, epc.url(), extra=hold_json))
+    gateway, client = app.extensions["gateway"], admin_client(app)
+    response = client.post("/ingest/online_clinic_prescription",
+                           data=sample("online_clinic_prescription.json"), content_type="application/json")
+    assert response.status_code == 200
+    assert gateway.message_log.recent(1)[0].status == "on-hold"
+    held = gateway.outbox.list()
+    assert [d.status for d in held] == ["held", "held"]
+
+    response = client.post("/ingest/hospital_prescription", data=sample("hospital_prescription.xml"),
+                           content_type="application/xml")
+    assert response.status_code == 200
+    assert gateway.message_log.recent(1)[0].status == "processed"
