@@ -273,6 +273,7 @@ def build_conditions(store: "ResourceStore", resource_type: str, criteria: list[
 _NARROWNESS = {"token": 1, "reference": 1, "uri": 2, "string": 3, "quantity": 5, "number": 5, "date": 6}
 _NEVER_DRIVES = {"not", "missing", "contains", "above", "text"}
 _ESTIMATE_CAP = 2000
+_SMALL_ENOUGH = 100      # a criterion matching fewer index rows drives without counting the rest
 
 
 class ConditionBuilder:
@@ -300,9 +301,12 @@ class ConditionBuilder:
         """The simple criterion with the fewest matching index rows; a chain or _has still drives
         when no simple criterion is small."""
         counts = {}
-        for i, criterion in enumerate(criteria):
+        for i in sorted(range(len(criteria)), key=lambda i: ranks[i]):   # likely-narrow kinds first
+            criterion = criteria[i]
             if ranks[i] >= 9 or criterion.chain is not None or criterion.param == "_has":
                 continue
+            if counts and min(counts.values()) < _SMALL_ENOUGH:
+                break                                   # no need to count the wide ones
             table, match = self._index_match(resource_type, criterion, opaque=False)
             param = self.params.get(resource_type, criterion.param)
             rows = select(table.c.res_id).where(table.c.res_type == resource_type, table.c.param == param.name,
@@ -439,7 +443,8 @@ class ConditionBuilder:
                 continue
             r2 = schema.resources.alias()
             targets.append(select(literal(f"{target_type}/", String) + r2.c.res_id).where(
-                r2.c.res_type == target_type, r2.c.deleted.is_(False), self.condition(target_type, r2, inner)))
+                r2.c.res_type == target_type, r2.c.deleted.is_(False), self.condition(target_type, r2, inner),
+                *access.visible_conditions(r2.c.res_type, r2.c.res_id, target_type)))   # no probing the unseen
         if not targets:
             return false()
         pointing = or_(*[ref.c.target.in_(t) for t in targets])
@@ -457,7 +462,8 @@ class ConditionBuilder:
         ref = schema.idx_reference
         r2 = schema.resources.alias()
         sources = select(r2.c.res_id).where(r2.c.res_type == source_type, r2.c.deleted.is_(False),
-                                            self.condition(source_type, r2, criterion.chain))
+                                            self.condition(source_type, r2, criterion.chain),
+                                            *access.visible_conditions(r2.c.res_type, r2.c.res_id, source_type))
         prefix = f"{resource_type}/"
         if not driving:
             return exists().where(ref.c.res_type == source_type, ref.c.param == ref_name,

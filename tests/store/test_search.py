@@ -416,3 +416,26 @@ def test_cursor_key_is_kept_in_the_data_directory_for_every_process(tmp_path):
     other = create_app({"DATA_DIR": str(tmp_path / "elsewhere"), "TESTING": True}).extensions["gateway"].store
     with pytest.raises(SearchError, match="altered"):
         other.cursors.decode(token, "fingerprint", 1)
+
+
+def test_chains_and_has_see_only_what_the_caller_may_see(tmp_path):
+    """A hospital cannot learn through _has or a chain what another hospital sent."""
+    from gateway.store import access
+    store = _empty_store(tmp_path / "orgs.db")
+
+    def sent_by(resource, organization):
+        return {**resource, "meta": {"tag": [{"system": access.ORGANIZATION_TAG, "code": organization}]}}
+
+    with store.write() as tx:
+        tx.update(sent_by(_patient("pa", "Wang", "A", "1980", "female", [(SYS_A, "A1")]), "HOSP_A"))
+        tx.update(sent_by(_patient("pb", "Wang", "B", "1981", "male", [(SYS_B, "B1")]), "HOSP_B"))
+        tx.update(sent_by(_event("ae-a", "pa", "non-serious", "2026-03-01", "Device/d1"), "HOSP_A"))
+        tx.update(sent_by(_event("ae-b", "pa", "serious", "2026-03-02", "Device/d1"), "HOSP_B"))
+        tx.update(sent_by(_order("m-a", "pb", "2026-03-01", {"coding": [{"code": "H1"}]}), "HOSP_A"))
+    with access.restricted_to(access.AccessScope("HOSP_A")):
+        assert ids(store, "Patient", "_has:AdverseEvent:subject:seriousness=serious") == []
+        assert ids(store, "Patient", "_has:AdverseEvent:subject:seriousness=non-serious") == ["pa"]
+        assert ids(store, "MedicationRequest", "patient.name=wang") == []          # pb is HOSP_B's
+        assert ids(store, "MedicationRequest", "patient=pb") == ["m-a"]            # its own order still
+    assert ids(store, "Patient", "_has:AdverseEvent:subject:seriousness=serious") == ["pa"]   # unrestricted
+    assert ids(store, "MedicationRequest", "patient.name=wang") == ["m-a"]
