@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-import yaml
 
 from gateway.hl7v2 import Hl7Error, Hl7Message, Segment
 from gateway.mapping.datatypes import CONVERTERS, EXPLICIT_NULL
 from gateway.mapping.terminology import Terminology
+from gateway.yamlfile import load_yaml
 
 _FIELD_REF = re.compile(r"^([A-Z][A-Z0-9]{2})(?:-(\d+)(?:\.(\d+))?)?$")
 _FIELD_REFS: dict[str, "FieldRef"] = {}      # text -> parsed, bounded (FieldRef is frozen: safe to share)
@@ -328,7 +328,7 @@ class MappingSpec:
     @classmethod
     def from_file(cls, path: str | Path) -> "MappingSpec":
         path = Path(path)
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path)
         return cls.from_dict(data, where=path.name)
 
     @classmethod
@@ -773,7 +773,7 @@ class MappingSet:
         directory = Path(directory)
         specs = []
         for path in sorted(directory.glob("*.yaml")):
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path)
             if isinstance(data, dict) and "resources" in data:
                 specs.append(MappingSpec.from_dict(data, where=path.name))
         return cls(specs)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from gateway.yamlfile import load_yaml
 
 _HL7_TABLE = re.compile(r"^HL7(\d{4})$")
 V2_TABLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-{}"
@@ -31,8 +31,8 @@ class Terminology:
     @classmethod
     def load(cls, mappings_dir: str | Path) -> "Terminology":
         mappings_dir = Path(mappings_dir)
-        systems = yaml.safe_load((mappings_dir / "code_systems.yaml").read_text(encoding="utf-8"))
-        tables = yaml.safe_load((mappings_dir / "tables.yaml").read_text(encoding="utf-8"))
+        systems = load_yaml(mappings_dir / "code_systems.yaml")
+        tables = load_yaml(mappings_dir / "tables.yaml")
         return cls(
             canonical_base=systems["canonical_base"].rstrip("/"),
             local_base=systems["local_base"].rstrip("/"),
