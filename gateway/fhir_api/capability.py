@@ -63,6 +63,9 @@ def capability_statement(params: SearchParameterRegistry, base_url: str, profile
                             if endpoint in endpoints for code in codes]}
     if system_operations:
         rest["operation"] = system_operations
+    security = security_capability(app, base_url)
+    if security:
+        rest["security"] = security
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -73,6 +76,23 @@ def capability_statement(params: SearchParameterRegistry, base_url: str, profile
         "fhirVersion": "4.0.1",
         "format": list(SUPPORTED_FORMATS),
         "rest": [rest],
+    }
+
+
+def security_capability(app: Flask, base_url: str) -> dict | None:
+    """SMART Backend Services, declared only when the security blueprint's token endpoint is registered."""
+    if "security.token" not in {rule.endpoint for rule in app.url_map.iter_rules()}:
+        return None
+    root = base_url[: -len("/fhir")] if base_url.endswith("/fhir") else base_url
+    return {
+        "cors": False,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR"}],
+                     "text": "OAuth2 client credentials (SMART Backend Services); bearer tokens on every request"}],
+        "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                       "extension": [{"url": "token", "valueUri": f"{root}/auth/token"}]}],
+        "description": f"Discovery: {base_url}/.well-known/smart-configuration. Scopes are SMART v2 system scopes "
+                       "(system/MedicationRequest.rs, ...), cut down to the client's role and organization.",
     }
 
 

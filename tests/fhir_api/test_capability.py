@@ -45,6 +45,17 @@ def test_an_interaction_without_a_route_is_not_claimed(gateway):
     assert {tuple(i["code"] for i in r["interaction"]) for r in rest["resource"]} == {("read",)}
     assert rest["interaction"] == [] and "operation" not in rest
     assert all(r["updateCreate"] is False for r in rest["resource"])
+    assert "security" not in rest          # no token endpoint registered, no SMART claimed
+
+
+def test_smart_backend_services_are_declared_with_the_token_endpoint(anonymous_client):
+    rest = anonymous_client.get("/fhir/metadata", base_url="https://gw.example.cn").get_json()["rest"][0]
+    security = rest["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    (oauth,) = security["extension"]
+    assert oauth["extension"] == [{"url": "token", "valueUri": "https://gw.example.cn/auth/token"}]
+    discovery = anonymous_client.get("/fhir/.well-known/smart-configuration", base_url="https://gw.example.cn")
+    assert discovery.get_json()["token_endpoint"] == "https://gw.example.cn/auth/token"
 
 
 def test_capability_statement_is_served_as_xml_too(client):
