@@ -38,9 +38,10 @@ class ExportRequest:
     types: list[str]
     since: str | None = None
     type_filters: dict[str, list[list[SearchCriterion]]] = field(default_factory=dict)
+    owner: str | None = None                   # the client that kicked it off (None without security)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"kind": self.kind, "types": self.types, "since": self.since,
+        return orjson.dumps({"kind": self.kind, "types": self.types, "since": self.since, "owner": self.owner,
                              "type_filters": {t: [[dataclasses.asdict(c) for c in criteria] for criteria in sets]
                                               for t, sets in self.type_filters.items()}})
 
@@ -49,7 +50,7 @@ class ExportRequest:
         raw = orjson.loads(data)
         filters = {t: [[_criterion(c) for c in criteria] for criteria in sets]
                    for t, sets in raw["type_filters"].items()}
-        return cls(raw["kind"], request_url, raw["types"], raw["since"], filters)
+        return cls(raw["kind"], request_url, raw["types"], raw["since"], filters, raw.get("owner"))
 
 
 def _criterion(data: dict) -> SearchCriterion:

@@ -17,12 +17,13 @@ from urllib.parse import unquote
 import orjson
 from flask import Response, current_app, request, send_file
 
-from gateway.export import ExportJobs, ExportRequest
+from gateway.export import ExportJob, ExportJobs, ExportRequest
 from gateway.fhir_api.formats import NDJSON_MIME
 from gateway.fhir_api.history import parse_instant
 from gateway.fhir_api.outcome import fhir_response, outcome_response
 from gateway.fhir_api.views import _base_url, fhir_blueprint
 from gateway.fhir_api.writes import WriteError, criteria_from_query
+from gateway.security.enforcement import current_principal
 from gateway.store import SearchError
 from gateway.web import gateway_of_app
 
@@ -87,7 +88,9 @@ def _kick_off(kind: str, allowed: list[str]) -> Response:
         filters = _type_filters(types)
     except WriteError as exc:
         return fhir_response(exc.outcome, exc.status)
-    job_id = export_jobs().kick_off(ExportRequest(kind, request.url, types, since, filters))
+    principal = current_principal()
+    owner = principal.client_id if principal is not None else None
+    job_id = export_jobs().kick_off(ExportRequest(kind, request.url, types, since, filters, owner))
     return Response(status=202, headers={"Content-Location": f"{_base_url()}/bulkstatus/{job_id}"})
 
 
@@ -115,7 +118,7 @@ def _type_filters(types: list[str]) -> dict:
 
 @fhir_blueprint.get("/bulkstatus/<job_id>")
 def export_status(job_id: str) -> Response:
-    job = export_jobs().get(job_id)
+    job = _visible_job(job_id)
     if job is None:
         return outcome_response(404, "not-found", f"no export job {job_id} (unknown, or cancelled)")
     if job.status in ("accepted", "in-progress"):
@@ -137,7 +140,7 @@ def export_status(job_id: str) -> Response:
 
 @fhir_blueprint.delete("/bulkstatus/<job_id>")
 def export_cancel(job_id: str) -> Response:
-    if not export_jobs().cancel(job_id):
+    if _visible_job(job_id) is None or not export_jobs().cancel(job_id):
         return outcome_response(404, "not-found", f"no export job {job_id} (unknown, or already cancelled)")
     return fhir_response({"resourceType": "OperationOutcome", "issue": [{
         "severity": "information", "code": "informational", "diagnostics": f"export job {job_id} cancelled"}]}, 202)
@@ -145,7 +148,17 @@ def export_cancel(job_id: str) -> Response:
 
 @fhir_blueprint.get("/bulkfiles/<job_id>/<name>")
 def export_file(job_id: str, name: str) -> Response:
-    path = export_jobs().file_path(job_id, name)
+    path = export_jobs().file_path(job_id, name) if _visible_job(job_id) is not None else None
     if path is None or not path.is_file():
         return outcome_response(404, "not-found", f"no export file {name} for job {job_id}")
     return send_file(path, mimetype=NDJSON_MIME, conditional=True)
+
+
+def _visible_job(job_id: str) -> ExportJob | None:
+    """A job, if the caller may see it: its own client's, or any for an admin; others' jobs are 'not found'
+    (a regulator's export of every hospital's data is not another client's to read or cancel)."""
+    job = export_jobs().get(job_id)
+    principal = current_principal()
+    if job is None or principal is None or principal.role == "admin" or job.request.owner in (None, principal.client_id):
+        return job
+    return None

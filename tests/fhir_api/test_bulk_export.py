@@ -181,6 +181,22 @@ def test_cancel_removes_the_job_and_its_files(client, gateway, tmp_path):
     assert not (tmp_path / "exports" / path.rsplit("/", 1)[1]).exists()
 
 
+def test_an_export_is_its_own_clients_and_the_admins_only(client, client_as, gateway):
+    seed_patients(gateway, 3)
+    nmpa, province = client_as("regulator", "NMPA"), client_as("regulator", "HAINAN_MPA")
+    location = kick_off(nmpa, "/fhir/$export")
+    status, manifest = finish(nmpa, location)
+    assert status == 200
+    path = location[location.index("/fhir/"):]
+    file_path = manifest["output"][0]["url"][manifest["output"][0]["url"].index("/fhir/"):]
+    assert province.get(path).status_code == 404            # another regulator's job is not found
+    assert province.get(file_path).status_code == 404
+    assert province.delete(path).status_code == 404
+    assert client.get(path).status_code == 200              # the admin (operator) sees every job
+    assert nmpa.get(file_path).status_code == 200
+    assert nmpa.delete(path).status_code == 202
+
+
 def test_unknown_job_and_file_are_404_operation_outcomes(client):
     assert client.get("/fhir/bulkstatus/nope").get_json()["resourceType"] == "OperationOutcome"
     assert client.get("/fhir/bulkfiles/nope/Patient.ndjson").status_code == 404
