@@ -1,28 +1,21 @@
 """Hospitals' own XML, CSV and JSON exports through mapping files: the exact resources, compared
 with reviewed expected output, and every problem located where it is in the document.
 
-Temporary ``urn:uuid:`` ids are replaced by the mapping key of the resource they name, so the
-expected files are stable. To review a change: run with ``UPDATE_EXPECTED=1`` and read the diff.
+Golden files through ``golden.py`` (stable names for temporary ids; ``UPDATE_EXPECTED=1`` to review a change).
 """
 from __future__ import annotations
 
 import json
-import os
-from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
-from conftest import DATA, SAMPLES
+from conftest import SAMPLES
 from gateway.config import REPO_ROOT
 from gateway.mapping.documents import DocumentUnit
-from gateway.mapping.engine import DocumentLocation, DocumentProblem, MappingError, MappingSet, MappingSpec
-from gateway.mapping.terminology import Terminology
+from gateway.mapping.engine import DocumentLocation, DocumentProblem, MappingError, MappingSpec
+from golden import MAPPINGS, TERMINOLOGY, ZONE, assert_matches_expected, stable_resources
 
-MAPPINGS = MappingSet.load(REPO_ROOT / "mappings")
-TERMINOLOGY = Terminology.load(REPO_ROOT / "mappings")
-ZONE = ZoneInfo("Asia/Shanghai")
-EXPECTED = DATA / "expected"
 BASE = "https://lecheng-fhir-gateway.org/fhir"
 
 
@@ -31,14 +24,7 @@ def _read(mapping: str, raw: bytes):
 
 
 def _mapped(mapping: str, unit: DocumentUnit) -> list[dict]:
-    result = MAPPINGS.by_name[mapping].run(unit, TERMINOLOGY, ZONE)
-    assert result.errors == []
-    names = {m.temp_id: f"{m.key}#{i}" for i, m in enumerate(result.resources)}
-    text = json.dumps([{"unit": unit.label, "key": m.key, "identity": m.identity, "resource": m.resource}
-                       for m in result.resources], ensure_ascii=False, indent=1)
-    for temp, name in names.items():
-        text = text.replace(temp, name)
-    return json.loads(text)
+    return stable_resources(MAPPINGS.by_name[mapping].run(unit, TERMINOLOGY, ZONE), unit=unit.label)
 
 
 def _map_sample(mapping: str, sample: str) -> list[list[dict]]:
@@ -58,15 +44,7 @@ CASES = [("hospital_prescription", "hospital_prescription.xml"), ("device_first_
 def test_mapping_matches_reviewed_output(mapping, sample):
     # one flat list (like the HL7 expected files); "unit" says which document or CSV row made it
     actual = [resource for unit in _map_sample(mapping, sample) for resource in unit]
-    expected_file = EXPECTED / (sample.rsplit(".", 1)[0] + ".json")
-    if os.environ.get("UPDATE_EXPECTED"):
-        expected_file.write_text(json.dumps(actual, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    expected = json.loads(expected_file.read_text(encoding="utf-8"))
-    assert [(r["unit"], r["key"]) for r in actual] == [(r["unit"], r["key"]) for r in expected]
-    for got, want in zip(actual, expected):
-        for element in sorted(set(got["resource"]) | set(want["resource"])):
-            assert got["resource"].get(element) == want["resource"].get(element), (got["key"], element)
-        assert got["identity"] == want["identity"]
+    assert_matches_expected(actual, sample.rsplit(".", 1)[0], key_fields=("unit", "key"))
 
 
 def test_a_second_hospital_layout_is_one_yaml_file_and_gives_the_same_fhir():

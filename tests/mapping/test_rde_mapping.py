@@ -1,54 +1,24 @@
-"""RDE samples through the mapping: the exact resources, compared with reviewed expected output.
-
-Temporary ``urn:uuid:`` ids are replaced by the mapping key of the resource they name, so the
-expected files are stable. To review a change: run with ``UPDATE_EXPECTED=1`` and read the diff.
-"""
+"""RDE samples through the mapping: the exact resources, compared with reviewed expected output
+(``golden.py``: stable names for temporary ids; ``UPDATE_EXPECTED=1`` to review a change)."""
 from __future__ import annotations
-
-import json
-import os
-from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import DATA, EXTERNAL, SAMPLES
-from gateway.config import REPO_ROOT
+from conftest import EXTERNAL, SAMPLES
 from gateway.hl7v2 import parse_message
-from gateway.mapping.engine import MappingSet
-from gateway.mapping.terminology import Terminology
-
-MAPPINGS = MappingSet.load(REPO_ROOT / "mappings")
-TERMINOLOGY = Terminology.load(REPO_ROOT / "mappings")
-ZONE = ZoneInfo("Asia/Shanghai")
-EXPECTED = DATA / "expected"
+from golden import MAPPINGS, TERMINOLOGY, ZONE, assert_matches_expected, stable_resources
 
 
 def _mapped(path) -> list[dict]:
     message = parse_message(path.read_bytes())
-    result = MAPPINGS.for_message(message.message_type).run(message, TERMINOLOGY, ZONE)
-    assert result.errors == []
-    names = {m.temp_id: f"{m.key}#{i}" for i, m in enumerate(result.resources)}
-    text = json.dumps([{"key": m.key, "identity": m.identity, "resource": m.resource} for m in result.resources],
-                      ensure_ascii=False, indent=1)
-    for temp, name in names.items():
-        text = text.replace(temp, name)
-    return json.loads(text)
+    return stable_resources(MAPPINGS.for_message(message.message_type).run(message, TERMINOLOGY, ZONE))
 
 
 @pytest.mark.parametrize("path", [SAMPLES / "rde_o11_new_imported.hl7", SAMPLES / "rde_o11_two_orders_gb18030.hl7",
                                   SAMPLES / "rde_o11_cancel.hl7", EXTERNAL / "RDE-O11-02.hl7"],
                          ids=lambda p: p.name)
 def test_mapping_matches_reviewed_output(path):
-    actual = _mapped(path)
-    expected_file = EXPECTED / (path.stem + ".json")
-    if os.environ.get("UPDATE_EXPECTED"):
-        expected_file.write_text(json.dumps(actual, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    expected = json.loads(expected_file.read_text(encoding="utf-8"))
-    assert [r["key"] for r in actual] == [r["key"] for r in expected]
-    for got, want in zip(actual, expected):
-        for element in sorted(set(got["resource"]) | set(want["resource"])):
-            assert got["resource"].get(element) == want["resource"].get(element), (got["key"], element)
-        assert got["identity"] == want["identity"]
+    assert_matches_expected(_mapped(path), path.stem)
 
 
 def test_new_imported_order_fields():

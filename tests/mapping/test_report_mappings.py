@@ -1,28 +1,22 @@
 """PEX^P07 (adverse events), ORU^R01 (device use) and RDS^O13 (dispenses) through their mappings:
 the exact resources, compared with reviewed expected output, and the rules behind them.
 
-Temporary ``urn:uuid:`` ids are replaced by the mapping key of the resource they name (as in
-test_rde_mapping). To review a change: run with ``UPDATE_EXPECTED=1`` and read the diff.
+Golden files through ``golden.py`` (stable names for temporary ids; ``UPDATE_EXPECTED=1`` to review a change).
 """
 from __future__ import annotations
 
 import json
-import os
-from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import DATA, SAMPLES
+from conftest import SAMPLES
 from gateway.config import REPO_ROOT
 from gateway.hl7v2 import parse_message
 from gateway.mapping.engine import MappingSpec
-from gateway.mapping.terminology import Terminology
+from golden import TERMINOLOGY, ZONE, assert_matches_expected, stable_resources
 
 SPECS = {name: MappingSpec.from_file(REPO_ROOT / "mappings" / f"{name}.yaml")
          for name in ("pex_p07", "oru_r01", "rds_o13")}
-TERMINOLOGY = Terminology.load(REPO_ROOT / "mappings")
-ZONE = ZoneInfo("Asia/Shanghai")
-EXPECTED = DATA / "expected"
 BASE = "https://lecheng-fhir-gateway.org/fhir"
 
 # the sample with a second PEO (injection-site reaction) naming two products: the same drug lot and
@@ -45,14 +39,7 @@ def _run(spec: str, raw: bytes):
 
 
 def _mapped(spec: str, raw: bytes) -> list[dict]:
-    result = _run(spec, raw)
-    assert result.errors == []
-    names = {m.temp_id: f"{m.key}#{i}" for i, m in enumerate(result.resources)}
-    text = json.dumps([{"key": m.key, "identity": m.identity, "resource": m.resource} for m in result.resources],
-                      ensure_ascii=False, indent=1)
-    for temp, name in names.items():
-        text = text.replace(temp, name)
-    return json.loads(text)
+    return stable_resources(_run(spec, raw))
 
 
 def _one(mapped: list[dict], key: str) -> dict:
@@ -65,16 +52,7 @@ def _one(mapped: list[dict], key: str) -> dict:
                                         ("rds_o13", "rds_o13_dispense"), ("pex_p07", "pex_p07_two_events")])
 def test_mapping_matches_reviewed_output(spec, name):
     raw = two_event_report() if name == "pex_p07_two_events" else (SAMPLES / f"{name}.hl7").read_bytes()
-    actual = _mapped(spec, raw)
-    expected_file = EXPECTED / f"{name}.json"
-    if os.environ.get("UPDATE_EXPECTED"):
-        expected_file.write_text(json.dumps(actual, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    expected = json.loads(expected_file.read_text(encoding="utf-8"))
-    assert [r["key"] for r in actual] == [r["key"] for r in expected]
-    for got, want in zip(actual, expected):
-        for element in sorted(set(got["resource"]) | set(want["resource"])):
-            assert got["resource"].get(element) == want["resource"].get(element), (got["key"], element)
-        assert got["identity"] == want["identity"]
+    assert_matches_expected(_mapped(spec, raw), name)
 
 
 # ------------------------------------------------------------------ PEX^P07
