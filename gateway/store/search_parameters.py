@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from zoneinfo import ZoneInfo
 
-import yaml
+from gateway.yamlfile import load_yaml
 
 _HERE = Path(__file__).resolve().parent
 SEARCH_TYPES = ("token", "string", "date", "reference", "uri", "quantity", "number")
@@ -66,7 +66,7 @@ class SearchParameterRegistry:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "SearchParameterRegistry":
-        data = yaml.safe_load(Path(path or _HERE / "search_parameters.yaml").read_text(encoding="utf-8"))
+        data = load_yaml(path or _HERE / "search_parameters.yaml")
         registry = cls()
         for resource_type, params in data.items():
             declared = {name: _parameter(resource_type, name, spec) for name, spec in (params or {}).items()}
