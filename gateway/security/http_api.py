@@ -17,7 +17,7 @@ from gateway.security.scopes import ROLE_SCOPES
 from gateway.security.service import Security
 from gateway.security.tokens import ASSERTION_ALGORITHMS, AuthError
 
-AUDIT_CONTROL = {"_count", "_cursor", "_format", "_pretty", "_total"}
+AUDIT_CONTROL = {"_count", "_cursor", "_format", "_pretty", "_total", "_summary"}
 
 
 def root_url() -> str:
@@ -83,6 +83,12 @@ def make_security_blueprint(security: Security, limiter: Limiter) -> Blueprint:
                 raise ValueError
         except ValueError:
             return outcome_response(400, "invalid", "_count must be a whole number >= 0", "_count")
+        summary = request.args.get("_summary")
+        if summary not in (None, "false", "count"):
+            return outcome_response(400, "not-supported", "the audit log takes _summary=count (or false) only",
+                                    "_summary")
+        if summary == "count":
+            count = 0                      # the total only, as for every other type
         criteria = []
         for key in request.args:
             if key in AUDIT_CONTROL:
@@ -100,9 +106,12 @@ def make_security_blueprint(security: Security, limiter: Limiter) -> Blueprint:
         links = [{"relation": "self", "url": f"{base}?{urlencode(query)}"}]
         if cursor:
             links.append({"relation": "next", "url": f"{base}?{urlencode(query + [('_cursor', cursor)])}"})
-        return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
-                              "entry": [{"fullUrl": f"{base}/{e['id']}", "resource": e, "search": {"mode": "match"}}
-                                        for e in events]})
+        bundle = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
+                  "entry": [{"fullUrl": f"{base}/{e['id']}", "resource": e, "search": {"mode": "match"}}
+                            for e in events]}
+        if not bundle["entry"]:
+            del bundle["entry"]            # an empty list is not valid FHIR JSON
+        return fhir_response(bundle)
 
     @bp.get("/fhir/AuditEvent/<event_id>")
     def audit_read(event_id: str) -> Response:

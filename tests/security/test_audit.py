@@ -9,7 +9,7 @@ from tests.conftest import post_hl7, sample
 
 def _events(client, query: str = "") -> list[dict]:
     bundle = client.get(f"/fhir/AuditEvent?_count=100{query}").get_json()
-    return [e["resource"] for e in bundle["entry"]]
+    return [e["resource"] for e in bundle.get("entry", [])]
 
 
 def test_each_request_of_a_session_has_its_audit_event_in_order(app, client, anonymous_client, client_as):
@@ -66,6 +66,9 @@ def test_audit_search_parameters(client, client_as):
     event = _events(client)[0]
     assert client.get(f"/fhir/AuditEvent/{event['id']}").get_json() == event
     assert client.get("/fhir/AuditEvent/no-such-id").status_code == 404
+    counted = client.get("/fhir/AuditEvent?role=pharmacy&_summary=count").get_json()
+    assert counted["total"] == 1 and "entry" not in counted
+    assert client.get("/fhir/AuditEvent?_summary=text").status_code == 400
     unknown = client.get("/fhir/AuditEvent?shoe=1")
     assert unknown.status_code == 400 and "unknown AuditEvent search parameter 'shoe'" in \
         unknown.get_json()["issue"][0]["diagnostics"]
