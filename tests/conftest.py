@@ -1,9 +1,13 @@
 """Shared fixtures: a gateway app on a temporary SQLite file, sample messages, and an HTTP client."""
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from werkzeug.serving import make_server
 
 from gateway import create_app
 from tests.security.credentials import authenticated
@@ -11,6 +15,19 @@ from tests.security.credentials import authenticated
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLES = DATA / "samples"
 EXTERNAL = DATA / "external"
+
+
+@contextmanager
+def served(app) -> Iterator[str]:
+    """Serve a WSGI app on a free loopback port in a thread; yields its base URL (for real HTTP clients)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(5)
 
 
 def sample(name: str) -> bytes:

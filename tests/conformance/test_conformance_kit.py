@@ -2,18 +2,15 @@
 named faults (the kit fails exactly the case for each fault), and its HTML / JUnit reports."""
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import lxml.html
 import pytest
 from lxml import etree
-from werkzeug.serving import make_server
 
 from conformance.report import junit_xml, render_html
 from conformance.runner import KitReport, load_cases, run_kit
+from conftest import served
 from gateway.conformance_cli import main as conformance_main
 from gateway.ingest.mllp_handler import mllp_server
 from tests.conformance.fake_server import FAULTS, make_fake_fhir_app
@@ -33,19 +30,6 @@ def _admin_token(app, base: str) -> str:
     """The gateway needs a bearer token on every FHIR and HL7 endpoint (README "Security")."""
     register(app, "conformance-kit", "admin")
     return http_token(base, "conformance-kit")
-
-
-@contextmanager
-def served(app) -> Iterator[str]:
-    """Serve a WSGI app on a free loopback port; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(5)
 
 
 def _summary(report: KitReport) -> str:

@@ -2,25 +2,17 @@
 plain HTTP (requests) read, search, create, update, delete and read history, unmodified."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 import requests
-from werkzeug.serving import make_server
 
+from conftest import served
 from test_writes import patient
 
 
 @pytest.fixture
 def base_url(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/fhir"
-    finally:
-        server.shutdown()
-        thread.join(5)
+    with served(app) as base:
+        yield f"{base}/fhir"
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 the gateway refuses each with an OperationOutcome and stays healthy; no stack trace ever leaves."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 import requests
-from werkzeug.serving import make_server
 
+from conftest import served
 from gateway import create_app
 from tests.security.credentials import http_token, register
 
@@ -25,13 +23,8 @@ def server(tmp_path_factory):
     app = create_app({"DATA_DIR": str(tmp_path_factory.mktemp("hardening")), "TESTING": True,
                       "RATE_LIMIT": "400 per minute"})
     register(app, "hardening-admin", "admin")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    yield app, base, {"Authorization": f"Bearer {http_token(base, 'hardening-admin')}"}
-    server.shutdown()
-    thread.join(5)
+    with served(app) as base:
+        yield app, base, {"Authorization": f"Bearer {http_token(base, 'hardening-admin')}"}
 
 
 def _healthy(base: str) -> None:

@@ -5,10 +5,8 @@ import base64
 import io
 import json
 import re
-import threading
 
-from werkzeug.serving import make_server
-
+from conftest import served
 from gateway import create_app
 from gateway.cli import main
 from gateway.conformance_cli import main as conformance_main
@@ -69,16 +67,10 @@ def test_serve_still_refuses_a_public_address_outside_production(tmp_path, capsy
 def test_conformance_kit_gets_its_token_with_client_credentials(tmp_path, capsys):
     app = create_app({"DATA_DIR": str(tmp_path)})
     _client, secret = app.extensions["security"].clients.add("kit", "LECHENG_GW", "admin")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_port}/fhir"
+    with served(app) as root:
+        base = f"{root}/fhir"
         assert conformance_main(["conformance", "--fhir-base", base, "--client-id", "kit",
                                  "--client-secret", secret]) == 0
         assert conformance_main(["conformance", "--fhir-base", base, "--client-id", "kit",
                                  "--client-secret", "wrong"]) == 2
         assert "could not get a token" in capsys.readouterr().err
-    finally:
-        server.shutdown()
-        thread.join(5)
