@@ -127,12 +127,11 @@ class ExportJobs:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
         return True
 
-    def file_path(self, job_id: str, name: str) -> Path | None:
+    def file_path(self, job: ExportJob, name: str) -> Path | None:
         """The path of one output file of a completed job, None if it is not one."""
-        job = self.get(job_id)
-        if job is None or job.status != "completed" or name not in {o.file for o in job.output}:
+        if job.status != "completed" or name not in {o.file for o in job.output}:
             return None
-        return self.job_dir(job_id) / name
+        return self.job_dir(job.id) / name
 
     def job_dir(self, job_id: str) -> Path:
         return self.export_dir / job_id

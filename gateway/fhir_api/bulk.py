@@ -148,7 +148,8 @@ def export_cancel(job_id: str) -> Response:
 
 @fhir_blueprint.get("/bulkfiles/<job_id>/<name>")
 def export_file(job_id: str, name: str) -> Response:
-    path = export_jobs().file_path(job_id, name) if _visible_job(job_id) is not None else None
+    job = _visible_job(job_id)
+    path = export_jobs().file_path(job, name) if job is not None else None
     if path is None or not path.is_file():
         return outcome_response(404, "not-found", f"no export file {name} for job {job_id}")
     return send_file(path, mimetype=NDJSON_MIME, conditional=True)
