@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
 from werkzeug.serving import make_server
 
 from gateway.config import REPO_ROOT
+from gateway.yamlfile import load_yaml
 
 SAMPLES = REPO_ROOT / "tests" / "data" / "samples"
 EXPECTATIONS = REPO_ROOT / "examples" / "demo.yaml"
@@ -80,7 +80,7 @@ def run_demo(verbose: bool = False, out=sys.stdout) -> int:
               f"national regulator {receivers['nmpa'].url()}", file=out)
 
         headers = _credentials(app, base)
-        listed = yaml.safe_load(EXPECTATIONS.read_text(encoding="utf-8"))["samples"]
+        listed = load_yaml(EXPECTATIONS)["samples"]
         expectations = [spec for spec in listed if (SAMPLES / spec["file"]).is_file()]
         absent = [spec["file"] for spec in listed if spec not in expectations]
         unlisted = sorted(p.name for p in SAMPLES.iterdir() if p.name not in {spec["file"] for spec in listed})
