@@ -95,6 +95,11 @@ def current_scope() -> AccessScope | None:
     return _scope.get()
 
 
+def owner_for_new(resource: dict) -> str | None:
+    """The owner of a resource stored for the first time: the organization sending it now."""
+    return _sender.get()
+
+
 def organizations_of(resource: dict) -> set[str]:
     return {t.get("code") for t in (resource.get("meta") or {}).get("tag") or []
             if isinstance(t, dict) and t.get("system") == ORGANIZATION_TAG}

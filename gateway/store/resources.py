@@ -172,8 +172,8 @@ class StoreTransaction:
         content = _dump(resource)
         values = dict(version_id=version, last_updated=stamp, deleted=False, content=content)
         key = dict(res_type=resource["resourceType"], res_id=resource["id"])
-        if insert_current:
-            self.conn.execute(insert(schema.resources).values(**key, **values))
+        if insert_current:      # the owner is decided once, when the resource is first stored
+            self.conn.execute(insert(schema.resources).values(**key, **values, owner=access.owner_for_new(resource)))
         else:
             self.conn.execute(update(schema.resources).where(
                 schema.resources.c.res_type == key["res_type"], schema.resources.c.res_id == key["res_id"]

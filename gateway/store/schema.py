@@ -18,7 +18,10 @@ resources = Table(
     Column("last_updated", String(40), nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", LargeBinary, nullable=False),
+    # the organization that first sent it (gateway/store/access.py); NULL: the gateway's own (Person links)
+    Column("owner", String(64)),
     Index("ix_resources_updated", "res_type", "last_updated"),
+    Index("ix_resources_owner", "owner", "res_type"),
 )
 
 resource_versions = Table(
