@@ -32,4 +32,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ingest_blueprint)
     app.register_blueprint(fhir_blueprint, url_prefix="/fhir")
     app.register_blueprint(admin_blueprint)          # /admin/deliveries (routing)
+    from gateway.ingest.admin import message_admin_blueprint
+    app.register_blueprint(message_admin_blueprint)  # /admin/messages (the message log)
     return app

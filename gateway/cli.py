@@ -53,6 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"MLLP listener on {host}:{listener.address[1]}", flush=True)
     print(f"Lecheng FHIR gateway on http://{host}:{port}  (FHIR base /fhir, HL7 v2 POST /hl7v2, "
           f"database {app.config['DATABASE_URL']})", flush=True)
+    from gateway.ingest.replay import RecoverySweep     # messages a crash left "received" (docstring there)
+    recovery = RecoverySweep(app.extensions["gateway"], float(app.config["RECOVER_AFTER_SECONDS"])).start()
     workers = None
     if not args.no_workers:             # routing: deliver the outbox from this process
         from gateway.routing import make_workers
@@ -63,6 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway",
               max_request_body_size=int(app.config["MAX_MESSAGE_BYTES"]))
     finally:
+        recovery.stop()
         if listener is not None:
             listener.stop()
         if workers is not None:
@@ -84,6 +87,8 @@ def cmd_mllp(args: argparse.Namespace) -> int:
     server.start()
     host, port = server.address
     print(f"Lecheng FHIR gateway MLLP listener on {host}:{port}", flush=True)
+    from gateway.ingest.replay import RecoverySweep
+    RecoverySweep(gw, float(gw.config["RECOVER_AFTER_SECONDS"])).start()
     server.serve_forever()
     return 0
 
@@ -208,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_security_parsers(sub)
     from gateway.routing.commands import add_routing_parsers
     add_routing_parsers(sub)
+    from gateway.ingest.messages_cli import add_message_parsers
+    add_message_parsers(sub)
     return parser
 
 

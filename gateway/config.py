@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "DELIVERY_POLL_MS": 500,
     "DELIVERY_LEASE_SECONDS": 0,  # how long a worker holds a delivery; 0 = 2 x the longest timeout + 30 s
     "REDIS_STREAM": "lecheng:deliveries",
+    # a message-log row still "received" this long after arriving was cut off by a crash: serve and
+    # mllp process it again (gateway/ingest/replay.py), at start-up and every half of this
+    "RECOVER_AFTER_SECONDS": 30,
     "MLLP_PORT": 0,  # 0 = MLLP listener not started by `serve`
     "DEFAULT_PAGE_SIZE": 50,
     # signs search paging cursors; set the same value on every machine behind a load balancer

@@ -92,6 +92,18 @@ class DocumentPipeline:
                     "and can be replayed")
             return self._refuse(log_id, 500, [DocumentProblem(text, None, "exception")], "error")
 
+    def reprocess(self, log_id: int, raw: bytes, mapping_name: str) -> DocumentResult:
+        """Run a logged document through again, in place (an operator's replay, or start-up finishing
+        what a crash interrupted). Never raises; upserts make a second pass store nothing new."""
+        spec = self.mappings.by_name.get(mapping_name)
+        try:
+            return self._ingest(raw, spec, mapping_name, log_id, int(self.config["MAX_MESSAGE_BYTES"]))
+        except Exception:
+            log.exception("document %s (mapping %s) failed inside the gateway on replay", log_id, mapping_name)
+            return self._refuse(log_id, 500, [DocumentProblem(
+                f"the gateway could not process this document (log id {log_id}) on replay", None, "exception")],
+                "error")
+
     def _refuse(self, log_id: int, status: int, problems: list[DocumentProblem],
                 log_status: str = "rejected") -> DocumentResult:
         self.log.finish(log_id, log_status, None, {"errors": [str(p) for p in problems]})

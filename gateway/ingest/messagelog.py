@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Engine
 
 from gateway.store import now_instant
+from gateway.store.access import bound_organization
 from gateway.store.schema import message_log
 
 FINISHED = ("processed", "error", "rejected", "on-hold")
@@ -60,11 +61,16 @@ class MessageLog:
         self.engine = engine
 
     def receive(self, raw: bytes, *, transport: str, format: str = "hl7v2") -> int:
-        """Store the bytes as they came; returns the log id. Called before anything can fail."""
+        """Store the bytes as they came; returns the log id. Called before anything can fail.
+
+        The organization the sender was held to (``bound_to``) is kept in the detail, so a replay or
+        start-up recovery holds the message to the same organization as its arrival did."""
+        bound = bound_organization()
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
             return conn.execute(_INSERT, {
                 "received_at": now_instant(), "transport": transport, "format": format, "raw": raw,
-                "content_sha256": hashlib.sha256(raw).hexdigest(), "status": "received"}).inserted_primary_key[0]
+                "content_sha256": hashlib.sha256(raw).hexdigest(), "status": "received",
+                "detail": orjson.dumps({"bound_to": bound}).decode() if bound else None}).inserted_primary_key[0]
 
     def identify(self, log_id: int, *, sender_application: str, sender_facility: str, control_id: str,
                  message_type: str) -> None:
@@ -84,6 +90,9 @@ class MessageLog:
         return EarlierArrivals(_logged(same) if same else None, any(not r.same_content for r in rows))
 
     def finish(self, log_id: int, status: str, ack: bytes | None, detail: dict[str, Any]) -> None:
+        bound = bound_organization()
+        if bound and "bound_to" not in detail:
+            detail = {**detail, "bound_to": bound}
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
             conn.execute(_UPDATE, {"log_id": log_id, "status": status, "ack": ack,
                                    "detail": orjson.dumps(detail).decode()})

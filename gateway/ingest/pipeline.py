@@ -74,9 +74,22 @@ class Hl7Pipeline:
             self.log.finish(log_id, "error", ack, {"errors": [error.text]})
             return IngestResult(ack, "AR", log_id, "error", errors=[error])
 
+    def reprocess(self, log_id: int, raw: bytes) -> IngestResult:
+        """Run a logged message through again, in place (an operator's replay, or start-up finishing
+        what a crash interrupted). Never raises. The resend check is skipped: this *is* the message,
+        and upserts on business identifiers make a second pass store nothing new."""
+        try:
+            return self._ingest(raw, log_id, resend_check=False)
+        except Exception:
+            log.exception("message %s failed inside the gateway on replay", log_id)
+            error = Hl7Error(text=f"The gateway could not process this message (log id {log_id}) on replay", code="207")
+            ack = self._ack({}, AckCode.AR, [error])
+            self.log.finish(log_id, "error", ack, {"errors": [error.text]})
+            return IngestResult(ack, "AR", log_id, "error", errors=[error])
+
     # ------------------------------------------------------------------ steps
 
-    def _ingest(self, raw: bytes, log_id: int) -> IngestResult:
+    def _ingest(self, raw: bytes, log_id: int, resend_check: bool = True) -> IngestResult:
         try:
             message = parse_message(raw, fallback_charset=self.config["FALLBACK_CHARSET"])
         except Hl7ParseError as exc:
@@ -94,7 +107,7 @@ class Hl7Pipeline:
             return self._finish(log_id, message, AckCode.AR, [error], [], "rejected")
 
         earlier = self.log.earlier_arrivals(log_id, message.sending_facility, message.control_id)
-        resend = earlier.same_content
+        resend = earlier.same_content if resend_check else None
         if resend is not None and resend.ack is not None:
             self.log.finish(log_id, resend.status, resend.ack, {"duplicate_of": resend.id})
             return IngestResult(resend.ack, _ack_code(resend.ack), log_id, resend.status, message,

@@ -84,6 +84,7 @@ ENDPOINTS: dict[tuple[str, str], Rule] = {
 BLUEPRINTS: dict[str, Rule] = {
     "admin": ADMIN,
     "routing_admin": ADMIN,     # /admin/deliveries (gateway/routing/admin.py)
+    "message_admin": ADMIN,     # /admin/messages (gateway/ingest/admin.py)
 }
 
 
