@@ -32,6 +32,13 @@ DEFAULTS: dict[str, Any] = {
     # answer for a message type no mapping handles: "AR" (refuse) or "AA" (accept, log, warn)
     "UNKNOWN_MESSAGE_ACK": "AR",
     "MAX_MESSAGE_BYTES": 10 * 1024 * 1024,
+    # --- bounds (README "Configuration"): what one request may ask of the gateway; over a limit the
+    # request is refused whole (HL7 AR, HTTP 413), logged raw, before any of it is mapped or stored
+    "MAX_CSV_ROWS": 10000,              # data rows of one CSV export (POST /ingest/<csv mapping>)
+    "MAX_TRANSACTION_ENTRIES": 1000,    # entries of one FHIR transaction Bundle (POST /fhir)
+    "MAX_BATCH_ENTRIES": 1000,          # entries of one FHIR batch Bundle (POST /fhir)
+    "MAX_HL7_ORDERS": 100,              # orders (ORC segments; OBR when there is no ORC) in one HL7 message
+    "MAX_ERRORS_REPORTED": 100,         # errors listed in one answer; the rest are counted ("and 912 more")
     "MAPPINGS_DIR": str(REPO_ROOT / "mappings"),
     "PROFILES_DIR": str(REPO_ROOT / "profiles"),
     # per-profile strictness overrides, "canonical=warning,canonical2=error"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from gateway.fhir_api.capability import capability_statement
 from gateway.fhir_api.formats import FormatError, format_name, negotiate, parse_body
@@ -185,6 +185,9 @@ def bundle() -> Response:
     if body.get("resourceType") != "Bundle" or body.get("type") not in ("transaction", "batch"):
         return outcome_response(400, "invalid", "POST to the base takes a Bundle of type transaction or batch",
                                 "Bundle.type")
+    too_many = _too_many_entries(body)
+    if too_many is not None:
+        return too_many
     writer = _writer()
     answer = writer.transaction(body, _origin()) if body["type"] == "transaction" else writer.batch(body, _origin())
     minimal = _prefer_return() == "minimal"
@@ -195,6 +198,25 @@ def bundle() -> Response:
         if location:
             entry["fullUrl"] = f"{_base_url()}/{location.split('/_history/')[0]}"
     return fhir_response(answer)
+
+
+def _too_many_entries(bundle: dict) -> Response | None:
+    """A transaction is one store transaction every other writer waits for, a batch one request the
+    client waits on: over MAX_TRANSACTION_ENTRIES / MAX_BATCH_ENTRIES (``gateway.bounds``) the Bundle is
+    refused whole with 413, before any entry is read, and logged raw."""
+    kind = bundle["type"]
+    key = "MAX_TRANSACTION_ENTRIES" if kind == "transaction" else "MAX_BATCH_ENTRIES"
+    limit = int(current_app.config.get(key) or 0)
+    entries = bundle.get("entry")
+    count = len(entries) if isinstance(entries, list) else 0
+    if limit <= 0 or count <= limit:
+        return None
+    text = (f"the {kind} has {count} entries; this gateway takes at most {limit} in one {kind} ({key}): "
+            f"send them in several Bundles; nothing was stored")
+    log_id = gateway_of_app().message_log.refuse(request.get_data(), transport="http", format=f"fhir-{kind}",
+                                                 reason=text, http_status=413)
+    g.refusal_text = text
+    return outcome_response(413, "too-costly", text, "Bundle.entry", headers={"X-Message-Log-Id": str(log_id)})
 
 
 def _prefer_return() -> str:

@@ -16,10 +16,14 @@ Answers (FHIR):
   data). Each written resource is an entry with its ``location`` (``Type/id/_history/n``).
 * **400** the bytes are not what the mapping reads: malformed XML (line, column), bytes that are not
   the declared encoding, not JSON, the wrong root element, a CSV header without a required column;
-  **404** no mapping of that name; **413** over ``MAX_MESSAGE_BYTES``;
+  **404** no mapping of that name; **413** over ``MAX_MESSAGE_BYTES``, or a CSV file of more rows than
+  ``MAX_CSV_ROWS`` (``gateway.bounds``: counted before any row is read);
 * **422** read, but nothing could be stored: a required value missing, a wrong value, a resource
   breaking its profile. Every issue has ``location`` (XPath, ``line 3, column 'udi_di'``, JSON
   pointer) and, when it is about a FHIR element, ``expression``.
+
+Errors listed in one answer stop at ``MAX_ERRORS_REPORTED`` (the first N rows' or issues, then one
+entry or issue counting the rest), so a file of bad rows gets an answer its sender can read.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.bounds import csv_rows_over, first_and_count
 from gateway.ingest.messagelog import MessageLog
 from gateway.ingest.pipeline import Hl7Pipeline, provenance_record
 from gateway.mapping.documents import DocumentOrigin, DocumentUnit
@@ -106,8 +111,12 @@ class DocumentPipeline:
 
     def _refuse(self, log_id: int, status: int, problems: list[DocumentProblem],
                 log_status: str = "rejected") -> DocumentResult:
-        self.log.finish(log_id, log_status, None, {"errors": [str(p) for p in problems]})
-        return DocumentResult(status, outcome(problems), log_id, log_status)
+        cap = self._error_cap()
+        self.log.finish(log_id, log_status, None, _capped_detail({"errors": [str(p) for p in problems]}, cap))
+        return DocumentResult(status, outcome(problems, cap=cap), log_id, log_status)
+
+    def _error_cap(self) -> int:
+        return int(self.config.get("MAX_ERRORS_REPORTED") or 0)
 
     # ------------------------------------------------------------------ steps
 
@@ -124,6 +133,14 @@ class DocumentPipeline:
             return self._refuse(log_id, 413, [DocumentProblem(
                 f"the document is {len(raw)} bytes; this gateway takes at most {limit} (MAX_MESSAGE_BYTES); "
                 "its first bytes are kept in the message log", None, "too-long")])
+        if spec.source == "csv":
+            row_limit = int(self.config.get("MAX_CSV_ROWS") or 0)
+            rows = csv_rows_over(raw, row_limit, getattr(spec.reader, "delimiter", ","),
+                                 getattr(spec.reader, "encoding", "utf-8"))
+            if rows is not None:
+                return self._refuse(log_id, 413, [DocumentProblem(
+                    f"the file has {rows} rows; this gateway takes at most {row_limit} in one file (MAX_CSV_ROWS): "
+                    "send it in several files; nothing was stored", None, "too-costly")])
         read = spec.reader.read(raw)
         if read.problems:
             return self._refuse(log_id, 400, read.problems)
@@ -137,13 +154,16 @@ class DocumentPipeline:
         detail = {"errors": [str(p) for u in failed for p in u.problems],
                   "warnings": [w for u in units for w in u.warnings],
                   "resources": [_version_ref(r) for u in stored for _m, r, _a in u.written]}
+        cap = self._error_cap()
+        detail = _capped_detail(detail, cap)
         if not stored:
             self.log.finish(log_id, "error", None, detail)
-            return DocumentResult(422, outcome([p for u in failed for p in u.problems]), log_id, "error", units)
+            return DocumentResult(422, outcome([p for u in failed for p in u.problems], cap=cap), log_id, "error",
+                                  units)
         status = "error" if failed else "on-hold" if any(u.held for u in stored) else "processed"
         self.log.finish(log_id, status, None, detail)
         bundle_type = "batch-response" if spec.source == "csv" else "transaction-response"
-        return DocumentResult(200, response_bundle(bundle_type, units), log_id, status, units)
+        return DocumentResult(200, response_bundle(bundle_type, units, cap), log_id, status, units)
 
     def _unit(self, spec: MappingSpec, unit: DocumentUnit, digest: str) -> UnitOutcome:
         result = UnitOutcome(unit.label)
@@ -193,6 +213,14 @@ class DocumentPipeline:
             f"{origin.message_type} {unit.label} (sha256 {origin.control_id.split(':')[0]}...)")
 
 
+def _capped_detail(detail: dict, cap: int) -> dict:
+    """The message log's detail with its error list cut like the answer (the raw bytes are kept)."""
+    errors, more = first_and_count(detail.get("errors") or [], cap)
+    if more:
+        detail = {**detail, "errors": errors, "errors_not_listed": more}
+    return detail
+
+
 def _version_ref(resource: dict) -> str:
     return f"{resource['resourceType']}/{resource['id']}/_history/{resource['meta']['versionId']}"
 
@@ -225,16 +253,29 @@ def _issue(problem: DocumentProblem, severity: str = "error") -> dict:
     return issue
 
 
-def outcome(problems: list[DocumentProblem], warnings: list[str] | None = None) -> dict:
-    issues = [_issue(p) for p in problems]
+def outcome(problems: list[DocumentProblem], warnings: list[str] | None = None, cap: int = 0) -> dict:
+    """The problems as issues: the first ``cap`` of them (0: all), then one issue counting the rest."""
+    shown, more = first_and_count(problems, cap)
+    issues = [_issue(p) for p in shown]
+    if more:
+        issues.append({"severity": "error", "code": "too-costly",
+                       "diagnostics": f"and {more} more errors like these (MAX_ERRORS_REPORTED lists the first {cap})"})
     issues += [{"severity": "warning", "code": "informational", "diagnostics": w} for w in warnings or ()]
     return {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues}
 
 
-def response_bundle(bundle_type: str, units: list[UnitOutcome]) -> dict:
-    """Every written resource with its location; a failed CSV row as an entry with status 422."""
+def response_bundle(bundle_type: str, units: list[UnitOutcome], cap: int = 0) -> dict:
+    """Every written resource with its location; a failed CSV row as an entry with status 422, for the
+    first ``cap`` failed rows (0: all), then one 422 entry counting the rest and naming their lines."""
     entries = []
+    failed = 0
+    not_listed: list[str] = []
     for unit in units:
+        if unit.problems and not unit.written:
+            failed += 1
+            if cap > 0 and failed > cap:
+                not_listed.append(unit.label)
+                continue
         first = len(entries)
         for _mapped, resource, action in unit.written:
             meta = resource.get("meta", {})
@@ -246,4 +287,10 @@ def response_bundle(bundle_type: str, units: list[UnitOutcome]) -> dict:
             entries.append({"response": {"status": _HTTP[422], "outcome": outcome(unit.problems, unit.warnings)}})
         elif unit.warnings and len(entries) > first:
             entries[first]["response"]["outcome"] = outcome([], unit.warnings)
+    if not_listed:
+        span = not_listed[0] if len(not_listed) == 1 else f"{not_listed[0]} to {not_listed[-1]}"
+        entries.append({"response": {"status": _HTTP[422], "outcome": outcome([DocumentProblem(
+            f"{len(not_listed)} more rows were not stored ({span}); their errors are not listed here "
+            f"(MAX_ERRORS_REPORTED lists the first {cap}); the file is kept in the message log", None,
+            "too-costly")])}})
     return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": bundle_type, "entry": entries}

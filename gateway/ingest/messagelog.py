@@ -97,6 +97,13 @@ class MessageLog:
             conn.execute(_UPDATE, {"log_id": log_id, "status": status, "ack": ack,
                                    "detail": orjson.dumps(detail).decode()})
 
+    def refuse(self, raw: bytes, *, transport: str, format: str, reason: str, **detail: Any) -> int:
+        """One row for a body refused before anything parsed it (too large, too many rows or entries,
+        a DTD): the bytes as they came, status ``rejected``, and the reason; returns the log id."""
+        log_id = self.receive(raw, transport=transport, format=format)
+        self.finish(log_id, "rejected", None, {"errors": [reason], **detail})
+        return log_id
+
     def get(self, log_id: int) -> LoggedMessage | None:
         with self.engine.connect() as conn:
             row = conn.execute(_BY_ID, {"log_id": log_id}).first()

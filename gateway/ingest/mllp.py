@@ -258,6 +258,8 @@ class MllpReply:
 
     ack: bytes | None
     later: Callable[[], bytes | None] | None = None
+    close: bool = False
+    """Close the connection once ``ack`` is written (the client behind it may no longer send)."""
 
 
 Handler = Callable[[bytes], MllpReply]
@@ -496,6 +498,9 @@ class MllpServer:
             return False
         if ack is not None:
             sock.sendall(frame(ack))
+        if reply.close:
+            log.warning("MLLP closing %s: refused by the handler", who)
+            return False
         if later is not None:
             try:
                 app_ack = later()

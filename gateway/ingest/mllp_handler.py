@@ -35,7 +35,13 @@ def _msh7(ack: bytes) -> str | None:
 def make_mllp_handler(pipeline: Hl7Pipeline, binding=None):
     """``binding`` (gateway.security.mllp_binding): each message held to its connection's client."""
     def handle(payload: bytes) -> MllpReply:
-        result = binding.ingest(pipeline, payload) if binding is not None else pipeline.ingest(payload, transport="mllp")
+        if binding is None:
+            result = pipeline.ingest(payload, transport="mllp")
+        else:
+            try:
+                result = binding.ingest(pipeline, payload)
+            except binding.Refused as refused:      # the client was revoked: AR (logged, audited), then close
+                return MllpReply(ack=refused.ack, close=True)
         message = result.message
         if message is None or not (message.accept_ack_type or message.application_ack_type):
             return MllpReply(ack=result.ack)

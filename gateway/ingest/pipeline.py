@@ -6,7 +6,8 @@ Whatever happens, the raw message is in the message log before the ACK leaves, s
 failed message can be fixed and replayed. Where the ACK codes are decided:
 
 * **AR**: not HL7, no message type, a test/debug message (MSH-11) in production, an unknown
-  message type (unless configured to accept), or the gateway failed inside (kept for replay);
+  message type (unless configured to accept), more orders than ``MAX_HL7_ORDERS`` (``gateway.bounds``),
+  or the gateway failed inside (kept for replay);
 * **AE**: the message was read, but a value is wrong (bad date, unknown table code), a resource
   breaks its profile, or an order number clashes; ERR names segment, field and why;
 * **AA**: stored (and queued for routing); warnings go back as ERR segments with severity W.
@@ -18,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from gateway.bounds import first_and_count, order_segments
 from gateway.hl7v2 import AckCode, Hl7Error, Hl7Message, Hl7ParseError, build_ack, parse_message
 from gateway.ingest.messagelog import MessageLog
 from gateway.mapping.engine import MappedMessage, MappedResource, MappingSet
@@ -122,6 +124,10 @@ class Hl7Pipeline:
                              segment="MSH", sequence=1, field=11, code="202")
             return self._finish(log_id, message, AckCode.AR, [error], warnings, "rejected")
 
+        too_many = self._too_many_orders(message)
+        if too_many is not None:
+            return self._finish(log_id, message, AckCode.AR, [too_many], warnings, "rejected")
+
         spec = self.mappings.for_message(message.message_type)
         if spec is None:
             text = f"message type {message.message_type} is not handled by any mapping in mappings/"
@@ -154,6 +160,17 @@ class Hl7Pipeline:
             return self._finish(log_id, message, AckCode.AE, errors, warnings, "processed", refs)
         warnings += [f"held for review, not delivered: {reason}" for reason in stored.held]
         return self._finish(log_id, message, AckCode.AA, [], warnings, "on-hold" if stored.held else "processed", refs)
+
+    def _too_many_orders(self, message: Hl7Message) -> Hl7Error | None:
+        """One message's orders are stored in one write transaction, which every other writer waits for:
+        over ``MAX_HL7_ORDERS`` the message is refused whole, before mapping, at the first order too many."""
+        limit = int(self.config.get("MAX_HL7_ORDERS") or 0)
+        name, positions = order_segments(seg.name for seg in message.segments)
+        if limit <= 0 or len(positions) <= limit:
+            return None
+        return Hl7Error(text=f"the message carries {len(positions)} orders ({name} segments); this gateway takes at "
+                        f"most {limit} in one message (MAX_HL7_ORDERS): send them in several messages; nothing "
+                        "was stored", segment=name, sequence=positions[limit], code="100")
 
     def store_mapped(self, resources: list[MappedResource], source: str, origin: Any,
                      provenance: Callable[[list[dict]], dict]) -> "StoredResources":
@@ -228,9 +245,15 @@ class Hl7Pipeline:
                 status: str, resources: list[str] | None = None) -> IngestResult:
         warning_errors = [Hl7Error(text=w, code="0", severity="W") for w in warnings[:MAX_WARNINGS_IN_ACK]]
         charset = msg_or_partial.charset if isinstance(msg_or_partial, Hl7Message) else "utf-8"
+        errors, more = first_and_count(errors, int(self.config.get("MAX_ERRORS_REPORTED") or 0))
+        detail: dict[str, Any] = {"errors": [e.text for e in errors], "warnings": warnings,
+                                  "resources": resources or []}
+        if more:        # the first N, then a count (MAX_ERRORS_REPORTED): the answer stays small
+            errors.append(Hl7Error(text=f"and {more} more errors like these (MAX_ERRORS_REPORTED); the message is "
+                                   f"kept in the message log (id {log_id})", code=errors[-1].code))
+            detail["errors_not_listed"] = more
         ack = self._ack(msg_or_partial, code, [*errors, *warning_errors], charset)
-        self.log.finish(log_id, status, ack, {"errors": [e.text for e in errors], "warnings": warnings,
-                                              "resources": resources or []})
+        self.log.finish(log_id, status, ack, detail)
         message = msg_or_partial if isinstance(msg_or_partial, Hl7Message) else None
         return IngestResult(ack, code.value, log_id, status, message, resources or [], errors, warnings)
 

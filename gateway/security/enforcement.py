@@ -13,6 +13,7 @@ Hooks run in this order (Flask keeps registration order):
 """
 from __future__ import annotations
 
+import codecs
 import logging
 import re
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ import orjson
 from flask import Flask, Response, g, request
 from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.fhir_api.outcome import outcome_response
 from gateway.security.audit import AuditRecord
@@ -45,6 +47,7 @@ ACTIVITY = {
     "fhir.export_status": "export", "fhir.export_cancel": "export", "fhir.export_file": "export",
 }
 _LOCATION = re.compile(r"/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
+_HEAD_BYTES = 4096
 _DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.IGNORECASE)
 
 
@@ -76,23 +79,90 @@ def current_principal() -> Principal | None:
 # ------------------------------------------------------------------ hooks
 
 def _guard_body():
+    """Refuse what no view should parse, whatever Content-Type the sender claims: a body over the size
+    limit, XML (by its first byte, or its Content-Type) with a DTD or entity declarations, JSON (by its
+    first byte, or its Content-Type) nested deeper than ``MAX_JSON_DEPTH``. A refused body from a caller
+    who may use the endpoint is logged raw (message log), so the sender's mistake can be shown to them."""
     limit = request.max_content_length
     if request.content_length is not None and limit is not None and request.content_length > limit:
-        return outcome_response(413, "too-costly", f"the request body is {request.content_length} bytes; this "
-                                                   f"gateway accepts at most {limit} bytes")
+        head = _head_of_unread_body()
+        return _refuse_body(head, 413, "too-costly", f"the request body is {request.content_length} bytes; this "
+                                                     f"gateway accepts at most {limit} bytes (MAX_MESSAGE_BYTES)")
     if request.method not in ("POST", "PUT", "PATCH"):
         return None
     content_type = (request.mimetype or "").lower()
-    if "xml" in content_type or "json" in content_type:
-        body = request.get_data()          # cached for the view; size already bounded by MAX_CONTENT_LENGTH
-        if ("xml" in content_type or body.lstrip()[:1] == b"<") and _DTD.search(body):
-            return outcome_response(400, "security", "XML with a DTD or entity declarations is refused "
-                                                     "(no DOCTYPE, no ENTITY)")
-        if "json" in content_type and body:
-            problem = _json_depth_problem(body, _max_depth())
-            if problem:
-                return outcome_response(400, "structure", problem)
+    try:
+        body = request.get_data()          # cached for the view; size bounded by MAX_CONTENT_LENGTH
+    except RequestEntityTooLarge:          # a chunked body without Content-Length went over the limit
+        return _refuse_body(b"", 413, "too-costly", f"the request body is over the {limit} bytes this gateway "
+                                                    "accepts (MAX_MESSAGE_BYTES)")
+    if not body:
+        return None
+    text = _dtd_searchable(body)
+    first = text.lstrip()[:1]
+    if ("xml" in content_type or first == b"<") and _DTD.search(text):
+        return _refuse_body(body, 400, "security", "XML with a DTD or entity declarations is refused "
+                                                   "(no DOCTYPE, no ENTITY)")
+    if "json" in content_type or first in (b"{", b"["):
+        problem = _json_depth_problem(body, _max_depth())
+        if problem:
+            return _refuse_body(body, 400, "structure", problem)
     return None
+
+
+def _dtd_searchable(body: bytes) -> bytes:
+    """The body as bytes a DTD pattern can match: UTF-16/32 (by BOM, or a NUL beside the first '<')
+    decoded, so an XML parser that honours the BOM cannot be handed a DTD the guard did not see."""
+    for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                       (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if body.startswith(bom):
+            return body.decode(codec, "replace").encode("utf-8")
+    if body[:2] == b"<\x00":
+        return body.decode("utf-16-le", "replace").encode("utf-8")
+    if body[:2] == b"\x00<":
+        return body.decode("utf-16-be", "replace").encode("utf-8")
+    return body[3:] if body.startswith(codecs.BOM_UTF8) else body
+
+
+def _head_of_unread_body() -> bytes:
+    """The first bytes of a body too large to read (enough for an MSH segment or an XML prolog)."""
+    try:
+        return request.environ["wsgi.input"].read(_HEAD_BYTES)
+    except Exception:  # a closed or odd input stream: the refusal is logged without the bytes
+        return b""
+
+
+def _refuse_body(raw: bytes, status: int, code: str, text: str) -> Response:
+    """The refusal as an OperationOutcome; logged raw when the caller may use this endpoint at all."""
+    g.refusal_text = text
+    headers = {}
+    log_id = _log_refused_body(raw, status, text)
+    if log_id is not None:
+        headers["X-Message-Log-Id"] = str(log_id)
+    return outcome_response(status, code, text, headers=headers)
+
+
+def _log_refused_body(raw: bytes, status: int, text: str) -> int | None:
+    """Message log row (status ``rejected``) for a body refused before any view read it. Only for a
+    caller the endpoint would admit: anonymous bytes must not be able to fill the gateway's log."""
+    _authenticate()
+    principal = g.get("principal")
+    if principal is None or request.endpoint is None:
+        return None
+    if authorize(rule_for(request.endpoint, request.method, request.blueprint), principal, request.view_args):
+        return None
+    try:
+        from gateway.web import gateway_of_app
+        message_log = gateway_of_app().message_log
+        view_args = request.view_args or {}
+        fmt = "hl7v2" if request.endpoint == "ingest.receive_hl7v2" else (
+            view_args.get("mapping") or "fhir" if request.blueprint in ("ingest", "fhir") else request.blueprint)
+        return message_log.refuse(raw, transport="http", format=str(fmt or "unknown")[:32], reason=text,
+                                  http_status=status, refused_before_parsing=True,
+                                  content_type=request.content_type or "")
+    except Exception:  # the refusal still leaves; the log failure is loud in the server log
+        log.exception("could not log the refused body of %s %s", request.method, request.path)
+        return None
 
 
 def _max_depth() -> int:
@@ -104,7 +174,9 @@ def _json_depth_problem(body: bytes, limit: int) -> str | None:
     """orjson parses (it refuses beyond 1024 levels itself); then an iterative walk bounds the depth."""
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+            return f"the JSON body is nested deeper than {limit} levels"
         return None          # the view answers malformed JSON with its own, more precise, message
     stack = [(data, 1)]
     while stack:

@@ -2,6 +2,10 @@
 or by TLS client certificate (its ``tls_subjects``, the certificate subject CN, when the listener
 runs TLS with ``MLLP_TLS_CLIENT_CA``). A connection no client claims is closed at once; each message
 is then held to the client's organization (MSH-4, as over HTTP) and audited like an HTTP request.
+
+A client revoked while its connection is open: its next message is logged raw (status ``rejected``),
+audited (403), answered AR naming the reason, and the connection is closed (:class:`ConnectionRevoked`);
+a reconnection is then refused at once, like any address no client claims.
 """
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import logging
 import ssl
 from typing import Any
 
+from gateway.hl7v2 import AckCode, Hl7Error, build_ack
+from gateway.hl7v2.message import partial_msh_from_text
 from gateway.ingest.mllp import CURRENT_CONNECTION
 from gateway.security.audit import AuditRecord
 from gateway.security.clients import Client
@@ -18,7 +24,18 @@ from gateway.store.access import bound_to, sending_as
 log = logging.getLogger(__name__)
 
 
+class ConnectionRevoked(Exception):
+    """No active client holds this connection any more: answer ``ack`` (an AR), then close it."""
+
+    def __init__(self, ack: bytes, log_id: int):
+        super().__init__(f"MLLP connection refused (log id {log_id})")
+        self.ack = ack
+        self.log_id = log_id
+
+
 class MllpBinding:
+    Refused = ConnectionRevoked
+
     def __init__(self, security: Security):
         self.security = security
 
@@ -42,7 +59,7 @@ class MllpBinding:
         peer, sock = connection if connection is not None else (("unknown", 0), None)
         client = self.client_for(peer, sock)
         if client is None:       # revoked since the connection opened, or an ambiguous address
-            raise PermissionError(f"no single active client is bound to MLLP peer {peer[0]}")
+            self._refuse(pipeline, payload, peer)
         bound = None if client.role == "admin" else client.organization
         with bound_to(bound), sending_as(client.organization):
             result = pipeline.ingest(payload, transport="mllp")
@@ -52,6 +69,25 @@ class MllpBinding:
             client_id=client.client_id, organization=client.organization, role=client.role,
             address=str(peer[0]), description="MLLP message", message_log_id=str(result.log_id), transport="mllp"))
         return result
+
+
+    def _refuse(self, pipeline, payload: bytes, peer: tuple) -> None:
+        """Log the message raw, audit the refusal, answer AR and close (raises ConnectionRevoked)."""
+        text = (f"no active client is registered for this connection ({peer[0]}): its client was revoked or "
+                "its address is now claimed by more than one client; nothing was stored")
+        log_id = pipeline.log.refuse(payload, transport="mllp", format="hl7v2", reason=text,
+                                     peer=str(peer[0]))
+        error = Hl7Error(text=f"{text} (log id {log_id})", segment="MSH", sequence=1, field=4, code="207")
+        ack = build_ack(partial_msh_from_text(payload.decode("latin-1")), AckCode.AR, [error], text=error.text,
+                        sending_application=pipeline.config["ACK_SENDING_APPLICATION"],
+                        sending_facility=pipeline.config["ACK_SENDING_FACILITY"]).encode("utf-8")
+        try:
+            self.security.audit.record(AuditRecord(
+                activity="hl7v2", outcome_status=403, outcome_text=f"ACK AR: {text}", address=str(peer[0]),
+                description="MLLP message", message_log_id=str(log_id), transport="mllp"))
+        except Exception:  # the refusal still goes out; a lost audit row is loud in the server log
+            log.exception("could not audit the refused MLLP message %s", log_id)
+        raise ConnectionRevoked(ack, log_id)
 
 
 def tls_context(config: dict) -> ssl.SSLContext | None:

@@ -111,3 +111,60 @@ def test_a_client_over_its_rate_limit_gets_429_and_others_are_not_held_up(tmp_pa
     security = app.extensions["security"]
     throttled, total, _ = security.audit.search([("agent", "greedy"), ("outcome", "4")], 10, None)
     assert total == 2 and "rate limit" in throttled[0]["outcomeDesc"]
+
+
+DEEP_JSON = ('{"resourceType":"Patient","extension":' + '[{"extension":' * 200 + "[]" + "}]" * 200 + "}").encode()
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", None])
+@pytest.mark.parametrize("path", ["/fhir/Patient", "/ingest/online_clinic_prescription", "/hl7v2"])
+def test_deep_json_is_refused_whatever_content_type_it_claims(server, path, content_type):
+    app, base, auth = server
+    headers = {**auth, **({"Content-Type": content_type} if content_type else {})}
+    response = requests.post(f"{base}{path}", data=DEEP_JSON, headers=headers, timeout=10)
+    assert response.status_code == 400
+    assert _issue(response)["diagnostics"] == "the JSON body is nested deeper than 100 levels"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", None])
+@pytest.mark.parametrize("document", [BILLION_LAUGHS, b"\xef\xbb\xbf" + EXTERNAL_ENTITY,
+                                      b"\xff\xfe" + EXTERNAL_ENTITY.decode().encode("utf-16-le")],
+                         ids=["billion-laughs", "utf8-bom", "utf16"])
+def test_a_dtd_is_refused_whatever_content_type_it_claims(server, content_type, document):
+    app, base, auth = server
+    headers = {**auth, **({"Content-Type": content_type} if content_type else {})}
+    response = requests.post(f"{base}/ingest/hospital_prescription", data=document, headers=headers, timeout=10)
+    assert response.status_code == 400
+    assert _issue(response)["code"] == "security"
+
+
+def _logged(app, response):
+    return app.extensions["gateway"].message_log.get(int(response.headers["X-Message-Log-Id"]))
+
+
+def test_bodies_refused_before_parsing_are_logged_raw_and_audited_with_their_log_id(server):
+    app, base, auth = server
+    dtd = requests.post(f"{base}/ingest/hospital_prescription", data=BILLION_LAUGHS,
+                        headers={**auth, "Content-Type": "text/plain"}, timeout=10)
+    deep = requests.post(f"{base}/fhir/Patient", data=DEEP_JSON, headers=auth, timeout=10)
+    big = requests.post(f"{base}/hl7v2", data=b"MSH|^~\\&|HIS|BOAO_SUPER_HOSPITAL|" + b"x" * (11 * 1024 * 1024),
+                        headers=auth, timeout=30)
+    assert (dtd.status_code, deep.status_code, big.status_code) == (400, 400, 413)
+    assert _logged(app, dtd).raw == BILLION_LAUGHS and _logged(app, dtd).status == "rejected"
+    assert _logged(app, dtd).format == "hospital_prescription"
+    assert _logged(app, deep).raw == DEEP_JSON and _logged(app, deep).detail["errors"] == [
+        "the JSON body is nested deeper than 100 levels"]
+    head = _logged(app, big)
+    assert head.format == "hl7v2" and head.raw.startswith(b"MSH|^~\\&|HIS|BOAO_SUPER_HOSPITAL|")
+    assert len(head.raw) == 4096 and head.detail["http_status"] == 413
+    events = requests.get(f"{base}/fhir/AuditEvent?outcome=4&_count=100", headers=auth, timeout=10).json()
+    described = {e["resource"].get("outcomeDesc") for e in events["entry"]}
+    assert "XML with a DTD or entity declarations is refused (no DOCTYPE, no ENTITY)" in described
+
+
+def test_an_anonymous_refused_body_is_answered_but_not_logged(server):
+    app, base, auth = server
+    before = len(app.extensions["gateway"].message_log.recent(1000))
+    response = requests.post(f"{base}/hl7v2", data=DEEP_JSON, timeout=10)
+    assert response.status_code == 400 and "X-Message-Log-Id" not in response.headers
+    assert len(app.extensions["gateway"].message_log.recent(1000)) == before

@@ -73,3 +73,29 @@ def test_a_bound_hospital_sending_as_itself_is_stored_with_its_tag(app, bound_li
     order = client.get("/fhir/MedicationRequest").get_json()["entry"][0]["resource"]
     assert {"system": "https://lecheng-fhir-gateway.org/fhir/sid/sending-organization",
             "code": "BOAO_SUPER_HOSPITAL"} in order["meta"]["tag"]
+
+
+def test_a_message_on_a_connection_whose_client_was_just_revoked_gets_ar_a_log_row_and_an_auditevent(
+        app, bound_listener, client, gateway):
+    security = app.extensions["security"]
+    security.clients.add("boao-engine", "BOAO_SUPER_HOSPITAL", "hospital", secret=False,
+                         mllp_addresses=["127.0.0.1"])
+    raw = _original_mode(sample("rde_o11_new_imported.hl7"))
+    with socket.create_connection(bound_listener.address, timeout=10) as sock:
+        security.clients.revoke("boao-engine")          # revoked after the connection was admitted
+        sock.sendall(frame(raw))
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break                                    # the gateway closed the connection after its AR
+            data += chunk
+    msa = _msa(data)
+    assert msa[1:3] == ["AR", "BSH20260315000001"]
+    logged = gateway.message_log.recent(1)[0]
+    assert logged.raw == raw and logged.status == "rejected" and logged.transport == "mllp"
+    assert "revoked" in logged.detail["errors"][0] and f"log id {logged.id}" in msa[3] + data.decode()
+    assert client.get("/fhir/MedicationRequest").get_json()["total"] == 0
+    events = client.get("/fhir/AuditEvent?outcome=4").get_json()["entry"]
+    event = next(e["resource"] for e in events if e["resource"]["source"]["site"] == "mllp")
+    assert "revoked" in event["outcomeDesc"] and event["agent"][0]["network"]["address"] == "127.0.0.1"
