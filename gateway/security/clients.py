@@ -93,6 +93,10 @@ class ClientRegistry:
     def by_address(self, address: str) -> list[Client]:
         return [c for c in self._current().values() if c.active and c.matches_address(address)]
 
+    def roles_of(self, organization: str) -> frozenset[str]:
+        """The roles of an organization's active clients (a pharmacy's dispenses complete orders)."""
+        return frozenset(c.role for c in self._current().values() if c.active and c.organization == organization)
+
     def by_tls_subject(self, subject: str) -> list[Client]:
         return [c for c in self._current().values() if c.active and subject in c.tls_subjects]
 

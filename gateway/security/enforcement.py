@@ -230,7 +230,10 @@ def _authorize():
         if rule.kind in ("fhir", "fhir-system") and not principal.sees_everything:
             scope = _store_scope(principal)
         bound = None if principal.sends_for_any_organization or rule.kind != "ingest" else principal.organization
-        g.access_tokens = access.set_for_request(principal.organization, scope, bound)
+        # an admin's FHIR writes are an operator's (any record, its owner kept); its messages act for MSH-4
+        operator = principal.sends_for_any_organization and rule.kind != "ingest"
+        g.access_tokens = access.set_for_request(principal.organization, scope, bound, operator,
+                                                 _security().clients.roles_of)
     return None
 
 

@@ -19,7 +19,7 @@ from gateway.ingest.mllp import CURRENT_CONNECTION
 from gateway.security.audit import AuditRecord
 from gateway.security.clients import Client
 from gateway.security.service import Security
-from gateway.store.access import bound_to, sending_as
+from gateway.store.access import bound_to, sending_as, with_roles
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class MllpBinding:
         if client is None:       # revoked since the connection opened, or an ambiguous address
             self._refuse(pipeline, payload, peer)
         bound = None if client.role == "admin" else client.organization
-        with bound_to(bound), sending_as(client.organization):
+        with bound_to(bound), sending_as(client.organization), with_roles(self.security.clients.roles_of):
             result = pipeline.ingest(payload, transport="mllp")
         self.security.audit.record(AuditRecord(
             activity="hl7v2", outcome_status=200 if result.code == "AA" else 422,

@@ -1,17 +1,35 @@
-"""Which stored resources the current caller may see and change, and who sent what.
+"""Who owns each stored resource, who may see it, and who may change it: decided here, once.
 
-The security layer (``gateway.security``) decides; the store applies it, in one place for every
-read and write path (read, vread, history, search, export, transactions), so a view written
-tomorrow cannot forget it. Two context variables carry the decision for the current request or
-message; nothing here knows about tokens or roles:
+**Ownership.** A resource belongs to the organization that first sent it: the ``owner`` column of
+``resources`` (mirrored as the one ``meta.tag`` of system :data:`ORGANIZATION_TAG`), set when it is
+first stored and never changed. A write from another organization never changes it, whatever the
+route (HL7 over HTTP or MLLP, documents, FHIR create/update/conditional/transaction/batch):
 
-* ``sending_as(organization)``: resources written now are tagged with that organization
-  (``meta.tag``, system :data:`ORGANIZATION_TAG`): the facility that sent them, searchable with
-  ``_tag=<system>|<code>``. Every organization that wrote a version of a resource is tagged.
-* ``restricted_to(AccessScope)``: reads see only resources tagged with the scope's organization,
-  or (``routed``) those routed to it; writes may only touch resources its organization sent, only
-  with the interactions it was granted. Without a scope the store is unrestricted (the ingest
-  pipeline, which has its own MSH-4 rule, and regulators and admins).
+* *matching* (identifiers of an inbound message, conditional writes, logical references, waiting
+  references) only considers what the writer may see (:func:`matchable_conditions`), so another
+  organization's record can neither be matched, updated nor made ambiguous (no "2 matches" dead end);
+* *changing* a stored resource (:func:`before_write`) is for its owner, with three deliberate
+  exceptions that keep the owner: operators (admin FHIR writes; an admin's HL7 replay acts for the
+  original sender, MSH-4, and is no exception), an organization a resource was routed to (the
+  prescription center updating an order's status), and a pharmacy's dispense moving an order to its
+  next status (status only, ``DISPENSERS``);
+* *claiming*: an identifier of a clinical record (an order number, a dispense or report id) belongs
+  to the organization whose record carries it; another organization's record may not carry it too
+  (:class:`OwnershipConflict`: HL7 AE, FHIR 409). Shared copies (:data:`PER_ORGANIZATION_COPIES`:
+  Patient, Organization, Practitioner, Medication, Device...) are kept per organization instead:
+  each sender gets its own, matched within its organization, and a Patient seen by several
+  organizations is linked by national ID (``gateway/store/persons.py``);
+* writing a version never widens who may read it: the tag is the owner's, not the writer's.
+
+**Context.** Context variables carry the caller for the current request or message; nothing here
+knows about tokens or roles:
+
+* ``sending_as(organization)``: the organization a write is made for (the owner of what it creates);
+* ``restricted_to(AccessScope)``: reads see only resources the scope's organization owns, plus
+  (``routed``) those routed to it; writes only with the interactions it was granted. Without a
+  scope reads are unrestricted (regulators, admins, the ingest pipeline, which writes as MSH-4);
+* ``operating()``: an operator (admin) changes any resource without taking it over;
+* ``with_roles(lookup)``: the roles of an organization's registered clients (``pharmacy``).
 """
 from __future__ import annotations
 
@@ -26,14 +44,26 @@ from gateway.store import schema
 
 ORGANIZATION_TAG = "https://lecheng-fhir-gateway.org/fhir/sid/sending-organization"
 
+# Shared reference data and people: each organization keeps its own copy, matched within it; the
+# identifiers they carry (a facility code, a drug's approval number, a UDI, a hospital's MRN quoted
+# by the pharmacy that dispenses its prescription) are quoted by many senders and claim nothing.
+PER_ORGANIZATION_COPIES = frozenset({"Patient", "Person", "Organization", "Practitioner", "PractitionerRole",
+                                     "Medication", "Device", "Location", "Substance", "Provenance"})
+# the gateway's own records (owner NULL): regulators and admins read them, no organization writes them
+GATEWAY_OWNED = frozenset({"Person"})
+# a pharmacy's dispense moves the order it fills to its next status, and nothing else
+DISPENSERS = {"pharmacy": frozenset({"MedicationRequest"})}
+
 # (organization, res_type) -> a SELECT of res_id routed to that organization (routing's outbox)
 RoutedQuery = Callable[[str, str], Any]
+# organization -> the roles of its registered clients (gateway/security)
+RolesLookup = Callable[[str], "frozenset[str] | set[str]"]
 
 
 @dataclass(frozen=True)
 class AccessScope:
     organization: str
-    routed: RoutedQuery | None = None            # set: sees what was routed to it, not what it sent
+    routed: RoutedQuery | None = None            # set: also sees what was routed to it
     allows: Callable[[str, str], bool] | None = None   # (res_type, letter c/u/d) for writes; None = any
     types: tuple[str, ...] = ()                  # resource types served (system-level reads of routed data)
 
@@ -41,6 +71,8 @@ class AccessScope:
 _sender: ContextVar[str | None] = ContextVar("gateway_store_sender", default=None)
 _scope: ContextVar[AccessScope | None] = ContextVar("gateway_store_scope", default=None)
 _bound: ContextVar[str | None] = ContextVar("gateway_store_bound", default=None)
+_operator: ContextVar[bool] = ContextVar("gateway_store_operator", default=False)
+_roles: ContextVar[RolesLookup | None] = ContextVar("gateway_store_roles", default=None)
 
 
 @contextmanager
@@ -64,11 +96,33 @@ def current_sender() -> str | None:
 
 @contextmanager
 def sending_as(organization: str | None) -> Iterator[None]:
-    token = _sender.set(organization)
+    """Writes made now are for ``organization``: it owns what they create, and they match and change
+    only what it may (an inbound message acts for its MSH-4, also when an admin replays it)."""
+    token, operator = _sender.set(organization), _operator.set(False)
     try:
         yield
     finally:
+        _operator.reset(operator)
         _sender.reset(token)
+
+
+@contextmanager
+def operating() -> Iterator[None]:
+    """An operator's writes (admin FHIR writes): any resource, its owner kept."""
+    token = _operator.set(True)
+    try:
+        yield
+    finally:
+        _operator.reset(token)
+
+
+@contextmanager
+def with_roles(lookup: RolesLookup | None) -> Iterator[None]:
+    token = _roles.set(lookup)
+    try:
+        yield
+    finally:
+        _roles.reset(token)
 
 
 @contextmanager
@@ -80,15 +134,16 @@ def restricted_to(scope: AccessScope | None) -> Iterator[None]:
         _scope.reset(token)
 
 
-def set_for_request(organization: str | None, scope: AccessScope | None, bound: str | None = None) -> tuple:
+def set_for_request(organization: str | None, scope: AccessScope | None, bound: str | None = None,
+                    operator: bool = False, roles: RolesLookup | None = None) -> tuple:
     """For request hooks that cannot use a ``with`` block; pass the result to :func:`reset`."""
-    return _sender.set(organization), _scope.set(scope), _bound.set(bound)
+    return (_sender.set(organization), _scope.set(scope), _bound.set(bound), _operator.set(operator),
+            _roles.set(roles))
 
 
 def reset(tokens: tuple) -> None:
-    _sender.reset(tokens[0])
-    _scope.reset(tokens[1])
-    _bound.reset(tokens[2])
+    for var, token in zip((_sender, _scope, _bound, _operator, _roles), tokens):
+        var.reset(token)
 
 
 def current_scope() -> AccessScope | None:
@@ -97,12 +152,31 @@ def current_scope() -> AccessScope | None:
 
 def owner_for_new(resource: dict) -> str | None:
     """The owner of a resource stored for the first time: the organization sending it now."""
+    if resource.get("resourceType") in GATEWAY_OWNED:
+        return None
     return _sender.get()
 
 
 def organizations_of(resource: dict) -> set[str]:
     return {t.get("code") for t in (resource.get("meta") or {}).get("tag") or []
             if isinstance(t, dict) and t.get("system") == ORGANIZATION_TAG}
+
+
+def _writer() -> str | None:
+    """The organization the current write is for."""
+    scope = _scope.get()
+    return scope.organization if scope is not None else _sender.get()
+
+
+def _owned_by(organization: str, res_type_col, res_id_col):
+    r = schema.resources.alias("owned")
+    return exists(select(r.c.res_id).where(r.c.res_type == res_type_col, r.c.res_id == res_id_col,
+                                           r.c.owner == organization))
+
+
+def owner_of(conn, resource_type: str, resource_id: str) -> str | None:
+    r = schema.resources
+    return conn.execute(select(r.c.owner).where(r.c.res_type == resource_type, r.c.res_id == resource_id)).scalar()
 
 
 # ------------------------------------------------------------------ reads
@@ -112,20 +186,32 @@ def visible_condition(res_type_col, res_id_col, resource_type: str | None = None
     scope = _scope.get()
     if scope is None:
         return None
+    owned = _owned_by(scope.organization, res_type_col, res_id_col)
     if scope.routed is not None:
         if resource_type is not None:
-            return res_id_col.in_(scope.routed(scope.organization, resource_type))
-        return _routed_any(scope, res_type_col, res_id_col)
-    t = schema.idx_token
-    return exists(select(t.c.res_id).where(t.c.res_type == res_type_col, t.c.res_id == res_id_col,
-                                           t.c.param == "_tag", t.c.system == ORGANIZATION_TAG,
-                                           t.c.code == scope.organization))
+            return or_(owned, res_id_col.in_(scope.routed(scope.organization, resource_type)))
+        return or_(owned, _routed_any(scope, res_type_col, res_id_col))
+    return owned
 
 
 def visible_conditions(res_type_col, res_id_col, resource_type: str | None = None) -> list:
     """:func:`visible_condition` as a list to extend a WHERE with (empty = no restriction)."""
     condition = visible_condition(res_type_col, res_id_col, resource_type)
     return [] if condition is None else [condition]
+
+
+def matchable_conditions(res_type_col, res_id_col, resource_type: str | None = None) -> list:
+    """What a write may match by identifier or search (conditional writes, an inbound message's
+    identifiers, logical references): what the writer may see; for a message, what its sending
+    organization owns (a pharmacy's dispense also finds the orders it fills). Empty = anything."""
+    if _scope.get() is not None:
+        return visible_conditions(res_type_col, res_id_col, resource_type)
+    sender = _sender.get()
+    if _operator.get() or sender is None:
+        return []
+    if resource_type is not None and resource_type in _dispensed_by(sender):
+        return []
+    return [_owned_by(sender, res_type_col, res_id_col)]
 
 
 def _routed_any(scope: AccessScope, res_type_col, res_id_col):
@@ -138,46 +224,118 @@ def is_visible(conn, resource: dict) -> bool:
     scope = _scope.get()
     if scope is None:
         return True
-    if scope.routed is None:
-        return scope.organization in organizations_of(resource)
-    query = scope.routed(scope.organization, resource["resourceType"])
-    return conn.execute(select(exists(query.where(query.selected_columns[0] == resource["id"])))).scalar()
+    tags = organizations_of(resource)
+    owner = next(iter(tags)) if len(tags) == 1 else owner_of(conn, resource["resourceType"], resource["id"])
+    if owner is not None and owner == scope.organization:
+        return True
+    return scope.routed is not None and _routed_to(conn, scope.organization, scope, resource)
+
+
+def _routed_to(conn, organization: str, scope: AccessScope, resource: dict) -> bool:
+    query = scope.routed(organization, resource["resourceType"])
+    return bool(conn.execute(select(exists(query.where(query.selected_columns[0] == resource["id"])))).scalar())
+
+
+def _dispensed_by(organization: str | None) -> frozenset[str]:
+    """Resource types whose status ``organization``'s dispenses move (its clients' roles)."""
+    lookup = _roles.get()
+    if organization is None or lookup is None:
+        return frozenset()
+    types: set[str] = set()
+    for role in lookup(organization) or ():
+        types |= DISPENSERS.get(role, frozenset())
+    return frozenset(types)
 
 
 # ------------------------------------------------------------------ writes
 
 def before_write(conn, letter: str, resource: dict, existing: dict | None) -> None:
-    """Check a write against the scope and tag the sender; raises AccessDenied. ``letter`` c/u/d.
-
-    A hospital changes only what its organization sent; a routed reader (the prescription center)
-    only what was routed to it."""
-    from gateway.store.resources import AccessDenied  # a StoreError (403); resources imports this module
+    """Check a write against ownership and the scope, and tag the owner; raises AccessDenied or
+    OwnershipConflict (both StoreErrors: 403, 409). ``letter`` c/u/d; ``existing`` the current version."""
+    from gateway.store.resources import AccessDenied, OwnershipConflict  # resources imports this module
     scope = _scope.get()
-    if scope is not None:
-        if scope.allows is not None and not scope.allows(resource["resourceType"], letter):
-            raise AccessDenied(f"this client's scopes do not allow {_VERB[letter]} {resource['resourceType']}")
-        if existing is not None and not is_visible(conn, existing):
-            raise AccessDenied(f"{resource['resourceType']}/{resource['id']} is not {scope.organization}'s: "
-                               "a client may change only its own organization's data (or what was routed to it)")
-        claimed = organizations_of(resource) - organizations_of(existing or {}) - {scope.organization}
-        if claimed:
-            raise AccessDenied(f"meta.tag claims organization(s) {', '.join(sorted(claimed))}; "
-                               f"this client writes for {scope.organization} only")
-    if letter != "d":
-        _stamp(resource, existing)
-
-
-def _stamp(resource: dict, existing: dict | None) -> None:
-    organizations = organizations_of(existing or {}) | organizations_of(resource)
-    sender = _sender.get()
-    if sender:
-        organizations.add(sender)
-    if not organizations:
+    resource_type = resource["resourceType"]
+    if scope is not None and scope.allows is not None and not scope.allows(resource_type, letter):
+        raise AccessDenied(f"this client's scopes do not allow {_VERB[letter]} {resource_type}")
+    owner = owner_of(conn, resource_type, resource["id"]) if existing is not None else owner_for_new(resource)
+    if existing is not None and not _may_change(conn, letter, resource, existing, owner):
+        raise AccessDenied(f"{resource_type}/{resource['id']} belongs to {owner or 'the gateway'}: a record is "
+                           f"changed only by the organization that sent it; nothing was stored")
+    claimed = organizations_of(resource) - {owner}
+    if claimed:
+        raise AccessDenied(f"meta.tag claims organization(s) {', '.join(sorted(claimed))}; "
+                           f"this record belongs to {owner or 'the gateway'}")
+    if letter == "d":
         return
+    conflicts = claim_conflicts(conn, resource, existing, owner)
+    if conflicts:
+        raise OwnershipConflict(resource_type, conflicts)
+    _stamp(resource, owner)
+
+
+def _may_change(conn, letter: str, resource: dict, existing: dict, owner: str | None) -> bool:
+    writer = _writer()
+    if _operator.get() or (writer is None and _scope.get() is None):
+        return True                          # an operator, or the gateway itself (no caller)
+    if owner is not None and owner == writer:
+        return True
+    scope = _scope.get()
+    if scope is not None and scope.routed is not None and _routed_to(conn, scope.organization, scope, existing):
+        return True                          # the prescription center updating an order routed to it
+    return (letter == "u" and resource["resourceType"] in _dispensed_by(writer)
+            and _content(resource, "status") == _content(existing, "status"))
+
+
+def _content(resource: dict, *ignored: str) -> dict:
+    return {k: v for k, v in resource.items() if k not in ("meta", *ignored)}
+
+
+def claimed_tokens(resource: dict) -> list[tuple[str, str]]:
+    """The identifiers a record claims for its owner (none for per-organization copies)."""
+    if resource.get("resourceType") in PER_ORGANIZATION_COPIES:
+        return []
+    identifiers = resource.get("identifier") or []
+    if isinstance(identifiers, dict):
+        identifiers = [identifiers]
+    return [(i["system"], i["value"]) for i in identifiers
+            if isinstance(i, dict) and isinstance(i.get("system"), str) and isinstance(i.get("value"), str)]
+
+
+def claim_conflicts(conn, resource: dict, existing: dict | None, owner: str | None) -> list[tuple[str, str]]:
+    """The identifiers of ``resource`` (not already on ``existing``) that another organization's
+    record of the same type carries."""
+    tokens = set(claimed_tokens(resource)) - set(claimed_tokens(existing or {}))
+    if not tokens or owner is None:
+        return []
+    return claimed_elsewhere(conn, resource["resourceType"], sorted(tokens), owner, resource.get("id"))
+
+
+def claimed_elsewhere(conn, resource_type: str, tokens: list[tuple[str, str]], organization: str | None,
+                      except_id: str | None = None) -> list[tuple[str, str]]:
+    """Which of ``tokens`` a current ``resource_type`` of another organization than ``organization`` carries."""
+    if not tokens or resource_type in PER_ORGANIZATION_COPIES:
+        return []
+    t, r = schema.idx_token, schema.resources
+    conditions = [t.c.res_type == resource_type, t.c.param == "identifier",
+                  or_(*[and_(t.c.system == system, t.c.code == value) for system, value in tokens]),
+                  r.c.res_type == t.c.res_type, r.c.res_id == t.c.res_id, r.c.deleted.is_(False),
+                  or_(r.c.owner.is_(None), r.c.owner != organization) if organization else r.c.owner.isnot(None)]
+    if except_id is not None:
+        conditions.append(r.c.res_id != except_id)
+    rows = conn.execute(select(t.c.system, t.c.code).where(*conditions).distinct()).all()
+    return sorted((row.system, row.code) for row in rows)
+
+
+def _stamp(resource: dict, owner: str | None) -> None:
+    """The owner's tag, and only it: writing a version never widens who may read it."""
     meta = dict(resource.get("meta") or {})       # a copy: the caller's dict is not changed
     tags = [t for t in meta.get("tag") or [] if not (isinstance(t, dict) and t.get("system") == ORGANIZATION_TAG)]
-    tags += [{"system": ORGANIZATION_TAG, "code": code} for code in sorted(organizations)]
-    meta["tag"] = tags
+    if owner:
+        tags.append({"system": ORGANIZATION_TAG, "code": owner})
+    if tags:
+        meta["tag"] = tags
+    else:
+        meta.pop("tag", None)
     resource["meta"] = meta
 
 

@@ -51,6 +51,18 @@ class AccessDenied(StoreError):
     issue_code = "forbidden"
 
 
+class OwnershipConflict(StoreError):
+    """A record would carry identifiers another organization's record of its type carries (access.py)."""
+    status = 409
+    issue_code = "conflict"
+
+    def __init__(self, resource_type: str, tokens: list[tuple[str, str]]):
+        self.resource_type = resource_type
+        self.tokens = tokens
+        numbers = ", ".join(f"{value} ({system})" for system, value in tokens)
+        super().__init__(f"{resource_type} identifier {numbers} belongs to another organization; nothing was stored")
+
+
 def now_instant() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -94,15 +106,17 @@ class StoreTransaction:
 
     def find_by_identifier(self, resource_type: str, tokens: list[tuple[str, str]],
                            param: str = "identifier") -> list[dict]:
-        """Current resources carrying any of the (system, value) identifiers."""
+        """Current resources carrying any of the (system, value) identifiers, among those the writer
+        may match (its organization's: gateway/store/access.py)."""
         if not tokens:
             return []
         t = schema.idx_token
         matches = or_(*[and_(t.c.system == system, t.c.code == value) for system, value in tokens])
         ids = select(t.c.res_id).where(t.c.res_type == resource_type, t.c.param == param, matches).distinct()
-        rows = self.conn.execute(select(schema.resources.c.content).where(
-            schema.resources.c.res_type == resource_type, schema.resources.c.res_id.in_(ids),
-            schema.resources.c.deleted.is_(False))).all()
+        r = schema.resources
+        rows = self.conn.execute(select(r.c.content).where(
+            r.c.res_type == resource_type, r.c.res_id.in_(ids), r.c.deleted.is_(False),
+            *access.matchable_conditions(r.c.res_type, r.c.res_id, resource_type))).all()
         return [_load(r.content) for r in rows]
 
     def create(self, resource: dict) -> dict:
@@ -126,6 +140,10 @@ class StoreTransaction:
             return self._write(resource, 1, "PUT", insert_current=True)
         return self._write(resource, row.version_id + 1, "PUT", insert_current=False)
 
+    def claimed_elsewhere(self, resource_type: str, tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Which of the identifiers another organization's record of this type carries (access.py)."""
+        return access.claimed_elsewhere(self.conn, resource_type, tokens, access.current_sender())
+
     def current_version(self, resource_type: str, resource_id: str) -> tuple[int, bool] | None:
         """(version, deleted) of a resource, None when the id was never used."""
         row = self.conn.execute(select(schema.resources.c.version_id, schema.resources.c.deleted).where(
@@ -138,7 +156,7 @@ class StoreTransaction:
         r = schema.resources
         conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False),
                       *build_conditions(self.store, resource_type, criteria)]
-        conditions += access.visible_conditions(r.c.res_type, r.c.res_id, resource_type)
+        conditions += access.matchable_conditions(r.c.res_type, r.c.res_id, resource_type)
         rows = self.conn.execute(select(r.c.content).where(*conditions).order_by(r.c.res_id).limit(limit)).all()
         return [_load(row.content) for row in rows]
 

@@ -28,8 +28,8 @@ from typing import Any, Callable, Protocol
 import orjson
 from sqlalchemy import and_, or_, select
 
-from gateway.store import schema
-from gateway.store.resources import StoreTransaction
+from gateway.store import access, schema
+from gateway.store.resources import AccessDenied, OwnershipConflict, StoreTransaction
 
 
 class MappedLike(Protocol):
@@ -122,6 +122,10 @@ def _apply_one(tx: StoreTransaction, mapped: MappedLike, resource: dict,
                                              "new order number and name the prior order in ORC-8", "205", "identifier"))
         return None, ""
     if not matches:
+        foreign = tx.claimed_elsewhere(mapped.type, mapped.identity) if mapped.status_only else []
+        if foreign:             # another organization's order: neither changed, nor a reason to guess
+            result.problems.append(_foreign(mapped, foreign))
+            return None, ""
         if mapped.status_only and lifecycle.get("if_unknown") == "skip":
             return None, ""
         if mapped.status_only:
@@ -131,7 +135,7 @@ def _apply_one(tx: StoreTransaction, mapped: MappedLike, resource: dict,
         resource.pop("id", None)
         if not _checked(mapped, resource, result, check):
             return None, ""
-        return tx.create(resource), "create"
+        return _owned_write(tx.create, resource, mapped, result), "create"
 
     existing = matches[0]
     guarded = lifecycle.get("same_reference")
@@ -151,7 +155,32 @@ def _apply_one(tx: StoreTransaction, mapped: MappedLike, resource: dict,
         return existing, "unchanged"
     if not _checked(mapped, merged, result, check):
         return None, ""
-    return tx.update(merged), "update"
+    return _owned_write(tx.update, merged, mapped, result), "update"
+
+
+def _owned_write(write: Callable[[dict], dict], resource: dict, mapped: MappedLike,
+                 result: UpsertResult) -> dict | None:
+    """``write(resource)``, with the store's ownership refusals (gateway/store/access.py) turned into
+    the message's problems: an identifier another organization's record carries, or a record the
+    sender may not change. The store refuses before it writes, so the transaction stays usable."""
+    try:
+        return write(resource)
+    except OwnershipConflict as exc:
+        result.problems.append(_foreign(mapped, exc.tokens))
+    except AccessDenied as exc:
+        result.problems.append(UpsertProblem(mapped, str(exc), "205", "identifier"))
+    return None
+
+
+def _foreign(mapped: MappedLike, tokens: list[tuple[str, str]]) -> UpsertProblem:
+    numbers = ", ".join(value for _system, value in tokens)
+    kind = _KINDS.get(mapped.type, f"{mapped.type} identifier")
+    return UpsertProblem(mapped, f"{kind} {numbers} belongs to another organization; nothing was stored",
+                         "205", "identifier")
+
+
+_KINDS = {"MedicationRequest": "order number", "MedicationDispense": "dispense number",
+          "AdverseEvent": "report number", "Encounter": "visit number"}
 
 
 def _merge(existing: dict, incoming: dict, status_only: bool, deletions: list[str]) -> dict:
@@ -218,15 +247,19 @@ def _link_waiting(tx: StoreTransaction, stored: dict, result: UpsertResult) -> N
                 or_(*[and_(t.c.system == system, t.c.code == value) for system, value in identifiers])
             ).distinct()).scalars().all()
             for res_id in ids:
-                current = tx.read(reference.resource_type, res_id)
-                if current is None:
-                    continue
-                linked = _copy(current)
-                _replace_references(linked, {}, tx)
-                if linked != current:
-                    result.written.append((None, tx.update(linked), "update"))
-                    result.warnings.append(f"{reference.resource_type}/{res_id} was waiting for "
-                                           f"{stored['resourceType']} {identifiers[0][1]}; it is linked now")
+                # linked on behalf of the waiting record's owner, and only to what that owner may match
+                with access.sending_as(access.owner_of(tx.conn, reference.resource_type, res_id)):
+                    current = tx.read(reference.resource_type, res_id)
+                    if current is None:
+                        continue
+                    linked = _copy(current)
+                    _replace_references(linked, {}, tx)
+                    if linked == current:
+                        continue
+                    updated = tx.update(linked)
+                result.written.append((None, updated, "update"))
+                result.warnings.append(f"{reference.resource_type}/{res_id} was waiting for "
+                                       f"{stored['resourceType']} {identifiers[0][1]}; it is linked now")
 
 
 def _copy(resource: dict) -> dict:
@@ -267,5 +300,8 @@ def _resolve_identifier(tx: StoreTransaction, identifier: dict, resource_type: s
     conditions = [t.c.param == "identifier", t.c.system == identifier["system"], t.c.code == identifier["value"]]
     if isinstance(resource_type, str):
         conditions.append(t.c.res_type == resource_type)
+    # only what the sender may match: another organization's record is neither linked nor revealed
+    conditions += access.matchable_conditions(t.c.res_type, t.c.res_id,
+                                              resource_type if isinstance(resource_type, str) else None)
     rows = tx.conn.execute(select(t.c.res_type, t.c.res_id).where(*conditions).distinct()).all()
     return f"{rows[0].res_type}/{rows[0].res_id}" if len(rows) == 1 else None

@@ -28,9 +28,9 @@ def _variant(name: str, *replacements: tuple[bytes, bytes]) -> bytes:
 
 # ------------------------------------------------------------------ RDS^O13
 
-def test_dispense_after_its_order_links_it_and_completes_the_order(client):
+def test_dispense_after_its_order_links_it_and_completes_the_order(client, client_as):
     post_hl7(client, sample("rde_o11_new_imported.hl7"))
-    _response, ack = post_hl7(client, sample("rds_o13_dispense.hl7"))
+    _response, ack = post_hl7(client_as("pharmacy"), sample("rds_o13_dispense.hl7"))   # HAIKOU_PHARMACY_017
     assert ack_segment(ack, "MSA")[1:3] == ["AA", "PH017-20260315-0042"]
     order = _search(client, "MedicationRequest?identifier=BSH-RX-0001")["entry"][0]["resource"]
     assert order["status"] == "completed" and order["meta"]["versionId"] == "2"
@@ -61,10 +61,10 @@ def test_dispense_for_an_unknown_order_is_stored_and_answered_ae_naming_orc2(cli
     assert _search(client, "MedicationRequest")["total"] == 0
 
 
-def test_dispense_does_not_reopen_a_cancelled_order(client):
+def test_dispense_does_not_reopen_a_cancelled_order(client, client_as):
     post_hl7(client, sample("rde_o11_new_imported.hl7"))
     post_hl7(client, sample("rde_o11_cancel.hl7"))
-    _response, ack = post_hl7(client, sample("rds_o13_dispense.hl7"))
+    _response, ack = post_hl7(client_as("pharmacy"), sample("rds_o13_dispense.hl7"))
     assert ack_segment(ack, "MSA")[1] == "AA"
     assert any("already cancelled" in "|".join(s) for s in ack if s[0] == "ERR")
     order = _search(client, "MedicationRequest?identifier=BSH-RX-0001")["entry"][0]["resource"]
@@ -174,8 +174,8 @@ def test_external_dispense_after_its_external_order_is_linked_and_accepted(clien
     assert dispense["quantity"]["value"] == 10 and dispense["whenHandedOver"] == "2020-12-12"
 
 
-def test_a_dispense_kept_before_its_order_is_linked_when_the_order_arrives(client):
-    _response, ack = post_hl7(client, sample("rds_o13_dispense.hl7"))
+def test_a_dispense_kept_before_its_order_is_linked_when_the_order_arrives(client, client_as):
+    _response, ack = post_hl7(client_as("pharmacy"), sample("rds_o13_dispense.hl7"))
     assert ack_segment(ack, "MSA")[1] == "AE"
     waiting = _search(client, "MedicationDispense?prescription-identifier=BSH-RX-0001")["entry"][0]["resource"]
     _response, ack = post_hl7(client, sample("rde_o11_new_imported.hl7"))
@@ -233,10 +233,11 @@ def test_an_update_report_p08_changes_the_same_adverse_event(client):
     assert event["outcome"]["coding"][0]["code"] == "resolved"
 
 
-def test_a_device_first_stored_by_its_udi_and_serial_alone_is_the_device_the_oru_updates(client):
+def test_a_device_first_stored_by_its_udi_and_serial_alone_is_the_device_the_oru_updates(client, client_as):
     """The identity contract from the other side: the CSV device register stores the Device with the
-    UDI+serial identifier only; the ORU's PRT finds it by that identifier and adds the hospital's number."""
-    created = client.post("/fhir/Device", json={
+    UDI+serial identifier only; the ORU's PRT finds it by that identifier and adds the hospital's number
+    (the same hospital's Device: each organization keeps its own, gateway/store/access.py)."""
+    created = client_as("hospital", "BOAO_RUIJIN_HOSPITAL").post("/fhir/Device", json={
         "resourceType": "Device", "status": "active",
         "identifier": [{"system": f"{BASE}/sid/device-udi-serial", "value": "00643169007222:SN-PMC-778812"}],
         "udiCarrier": [{"deviceIdentifier": "00643169007222", "issuer": "http://hl7.org/fhir/NamingSystem/gs1-di"}]})

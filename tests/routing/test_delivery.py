@@ -8,8 +8,10 @@ import pytest
 from sqlalchemy import select
 
 from gateway.store import schema
+from gateway.store.access import with_roles
 from tests.conftest import SAMPLES, sample
 from tests.routing.conftest import admin_client, fast_routes, wait_until
+from tests.security.credentials import register
 
 ROUTED_TYPES = {"MedicationRequest", "MedicationDispense", "AdverseEvent", "Device"}
 IMPORTED_DRUGS = "https://lecheng-fhir-gateway.org/fhir/CodeSystem/imported-drug-catalogue"
@@ -54,10 +56,12 @@ def all_settled(gateway):
 def test_samples_reach_their_destinations_and_only_those(receivers, sample_routes_env, make_gateway):
     app, _workers = make_gateway(sample_routes_env)
     gateway, client = app.extensions["gateway"], admin_client(app)
+    register(app, "pharmacy-017", "pharmacy")       # HAIKOU_PHARMACY_017's dispense completes the order
     order = ["rde_o11_new_imported.hl7", "rde_o11_cancel.hl7"]       # the cancel needs its order first
     paths = [SAMPLES / name for name in order] + sorted(p for p in SAMPLES.glob("*.hl7") if p.name not in order)
     for path in paths:
-        msa = post(gateway, path.read_bytes())
+        with with_roles(app.extensions["security"].clients.roles_of):
+            msa = post(gateway, path.read_bytes())
         mapped = gateway.mappings.for_message(_message_type(path.read_bytes())) is not None
         assert msa.split("|")[1] == ("AA" if mapped else "AR"), (path.name, msa)
     resources = stored_resources(gateway)

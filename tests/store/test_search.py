@@ -423,15 +423,16 @@ def test_chains_and_has_see_only_what_the_caller_may_see(tmp_path):
     from gateway.store import access
     store = _empty_store(tmp_path / "orgs.db")
 
-    def sent_by(resource, organization):
-        return {**resource, "meta": {"tag": [{"system": access.ORGANIZATION_TAG, "code": organization}]}}
+    def sent_by(tx, resource, organization):
+        with access.sending_as(organization):       # the sender owns what it stores first
+            tx.update(resource)
 
     with store.write() as tx:
-        tx.update(sent_by(_patient("pa", "Wang", "A", "1980", "female", [(SYS_A, "A1")]), "HOSP_A"))
-        tx.update(sent_by(_patient("pb", "Wang", "B", "1981", "male", [(SYS_B, "B1")]), "HOSP_B"))
-        tx.update(sent_by(_event("ae-a", "pa", "non-serious", "2026-03-01", "Device/d1"), "HOSP_A"))
-        tx.update(sent_by(_event("ae-b", "pa", "serious", "2026-03-02", "Device/d1"), "HOSP_B"))
-        tx.update(sent_by(_order("m-a", "pb", "2026-03-01", {"coding": [{"code": "H1"}]}), "HOSP_A"))
+        sent_by(tx, _patient("pa", "Wang", "A", "1980", "female", [(SYS_A, "A1")]), "HOSP_A")
+        sent_by(tx, _patient("pb", "Wang", "B", "1981", "male", [(SYS_B, "B1")]), "HOSP_B")
+        sent_by(tx, _event("ae-a", "pa", "non-serious", "2026-03-01", "Device/d1"), "HOSP_A")
+        sent_by(tx, _event("ae-b", "pa", "serious", "2026-03-02", "Device/d1"), "HOSP_B")
+        sent_by(tx, _order("m-a", "pb", "2026-03-01", {"coding": [{"code": "H1"}]}), "HOSP_A")
     with access.restricted_to(access.AccessScope("HOSP_A")):
         assert ids(store, "Patient", "_has:AdverseEvent:subject:seriousness=serious") == []
         assert ids(store, "Patient", "_has:AdverseEvent:subject:seriousness=non-serious") == ["pa"]
