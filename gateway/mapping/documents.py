@@ -140,7 +140,14 @@ class DocumentGroups:
     paths (there is no looking further out: a path starting at the root, ``/`` or ``$.``, says so
     itself). Its ``key`` names its node and its ``ids`` the nodes of its subtree, so, as with v2
     segment groups, an item overlaps the items inside it and not its siblings: a nested row takes
-    the inner items inside its item, and a ``ref`` finds the resource made for an overlapping item."""
+    the inner items inside its item, and a ``ref`` finds the resource made for an overlapping item.
+
+    An item never reads another item's values (issue 12, as ``gateway.mapping.scoping`` for v2): a
+    value found inside an item of any group that does not enclose this one is not seen, whatever
+    the path (``/rx:Prescription/rx:Items/rx:Item/rx:Route``, ``$.items[0].route``, ``..``). So an
+    item without a route has none, and a document split into one document per item maps the same.
+    (A value an XPath function computes, ``concat(...)``, has no node to check; the mapping files
+    use functions on the item's own paths.)"""
 
     def __init__(self, reader: DocumentReader, top: Any, definitions: dict[str, dict]):
         self.reader = reader
@@ -158,7 +165,23 @@ class DocumentGroups:
         return found if scope.ids is None else [inner for inner in found if inner.key in scope.ids]
 
     def view(self, scope: Any, outer: Any = None, group: str | None = None) -> "DocumentView":
+        if scope.ids is not None and scope.foreign is None:
+            scope.foreign = self._foreign_to(scope.key)
         return DocumentView(scope, self.reader.condition_paths)
+
+    def _foreign_to(self, key: str) -> tuple[str, ...]:
+        """The keys of the items (of every group) that neither are, enclose, nor lie inside item ``key``."""
+        items = {inner.key for name in self.definitions for inner in self.scopes(name)}
+        return tuple(sorted(item for item in items if not (_within(key, item) or _within(item, key))))
+
+
+def _within(key: str, item: str) -> bool:
+    """``key`` (an XPath tree path or a JSON pointer) is ``item`` or lies inside it."""
+    return key == item or key.startswith(item + "/")
+
+
+def _outside(key: str, foreign: tuple[str, ...]) -> bool:
+    return not any(_within(key, item) for item in foreign)
 
 
 class DocumentView:
@@ -224,13 +247,14 @@ class XmlPath:
 
 class XmlScope(PathScope):
     """One node (the root, or a group's element) that relative XPaths start from."""
-    __slots__ = ("node", "reader", "key", "ids")
+    __slots__ = ("node", "reader", "key", "ids", "foreign")
 
     def __init__(self, node: etree._Element, reader: "XmlReader", key: str = "/", ids: frozenset | None = None):
         self.node = node
         self.reader = reader
         self.key = key
         self.ids = ids
+        self.foreign: tuple[str, ...] | None = None     # other items' tree paths (DocumentGroups.view)
 
     def values(self, ref: XmlPath) -> list[tuple[str, tuple]]:
         """Texts of the matches, each with an anchor: (element, step after it)."""
@@ -257,6 +281,11 @@ class XmlScope(PathScope):
             text = text.strip()
             if text:
                 found.append((text, anchor))
+        if self.foreign and found:
+            tree = self.node.getroottree()
+            found = [(text, anchor) for text, anchor in found
+                     if _outside(path := tree.getpath(anchor[0]), self.foreign)
+                     and not (anchor[1] == "" and any(_within(item, path) for item in self.foreign))]
         return found
 
     def locate(self, anchor: tuple) -> DocumentLocation:
@@ -468,13 +497,14 @@ def _pointer_token(key: Any) -> str:
 
 class JsonScope(PathScope):
     """One JSON value (the document, or a group's item) and its JSON pointer."""
-    __slots__ = ("node", "pointer", "root", "ids")
+    __slots__ = ("node", "pointer", "root", "ids", "foreign")
 
     def __init__(self, node: Any, pointer: str, root: Any, ids: frozenset | None = None):
         self.node = node
         self.pointer = pointer
         self.root = root
         self.ids = ids
+        self.foreign: tuple[str, ...] | None = None     # other items' pointers (DocumentGroups.view)
 
     @property
     def key(self) -> str:
@@ -495,6 +525,8 @@ class JsonScope(PathScope):
                         ([(int(index), child[int(index)])] if int(index) < len(child) else [])
                     found.extend((item, f"{child_pointer}/{i}") for i, item in chosen)
             current = found
+        if self.foreign and current:
+            current = [(value, pointer) for value, pointer in current if _outside(pointer, self.foreign)]
         return current
 
     def values(self, ref: JsonPath) -> list[tuple[str, DocumentLocation]]:
@@ -502,6 +534,8 @@ class JsonScope(PathScope):
         for value, pointer in self.walk(ref):
             items = [(v, f"{pointer}/{i}") for i, v in enumerate(value)] if isinstance(value, list) else [(value, pointer)]
             for item, item_pointer in items:
+                if self.foreign and not _outside(item_pointer, self.foreign):
+                    continue
                 if isinstance(item, bool):
                     text = "true" if item else "false"
                 elif isinstance(item, (str, int, float)):

@@ -134,7 +134,8 @@ HL7_READER = Hl7Reader()
 
 class GroupScope:
     """One place a resource or nested row is made from: a group (or the whole message), with the
-    segment lookups nearest first (the group itself, then the groups that enclose it)."""
+    segment lookups nearest first (the group itself, the groups that enclose it, the message-level
+    segments), each holding only what this group may read."""
     __slots__ = ("segments", "ids", "lookups")
 
     def __init__(self, segments: list[Segment] | None, lookups: list[dict[str, Segment]]):
@@ -142,13 +143,13 @@ class GroupScope:
         self.ids = frozenset(map(id, segments)) if segments is not None else None
         self.lookups = lookups
 
-    def lookup_function(self, message_wide: dict[str, Segment]):
-        lookups = [*self.lookups, message_wide]
+    def lookup_function(self):
+        lookups = self.lookups
         if len(lookups) == 1:
-            return message_wide.get
+            return lookups[0].get
         if len(lookups) == 2:
-            own = lookups[0]
-            return lambda name: own.get(name) or message_wide.get(name)
+            own, outer = lookups
+            return lambda name: own.get(name) or outer.get(name)
 
         def lookup(name: str) -> Segment | None:
             for found in lookups:
@@ -159,40 +160,52 @@ class GroupScope:
         return lookup
 
 
-MESSAGE_SCOPE = GroupScope(None, [])
-
-
 class SegmentGroups:
-    """The groups of one message (``groups:`` in the mapping), as scopes, made once per message."""
+    """The groups of one message (``groups:`` in the mapping), as scopes, made once per message.
 
-    top = MESSAGE_SCOPE
+    The scoping rule (issue 12): a group reads a segment when the segment is its own, or when every
+    group holding that segment also holds this group's start, i.e. the segment lies in an enclosing
+    group and in none of its other children, or in no group at all (MSH, PID, PV1: message level).
+    A sibling's segments are never read: a status-only ``ORC|CA`` after a full order sees no RXE, so
+    it changes the status and nothing else, and a message split into one message per group maps to
+    the same resources. Only a resource made for the whole message reads any segment (the first of
+    its name)."""
 
     def __init__(self, message: Hl7Message, definitions: dict[str, dict]):
         self.by_name = {name: message.groups(g["start"], g["members"]) for name, g in definitions.items()}
-        self.members = {name: {g["start"], *(g["members"] or ())} for name, g in definitions.items()}
         self._scopes: dict[str, list[GroupScope]] = {}
-        self.message_wide = first_by_name(message.segments)
+        self.top = GroupScope(None, [first_by_name(message.segments)])
+        self._holders: dict[int, list[int]] = {}          # id(segment) -> ids of the groups holding it
+        for groups in self.by_name.values():
+            for group in groups:
+                for seg in group:
+                    self._holders.setdefault(id(seg), []).append(id(group))
+        self._message_level = first_by_name([seg for seg in message.segments if id(seg) not in self._holders])
 
     def view(self, scope: GroupScope, outer: SegmentView | None = None, group: str | None = None) -> SegmentView:
-        """How ``scope`` reads fields. A nested row's scope (of ``group``) reads its own group, then
-        ``outer``'s, but never borrows from a sibling group a segment its own group may hold."""
-        if outer is None:
-            return SegmentView(scope.lookup_function(self.message_wide))
-        own, outer_lookup, members = scope.lookups[0], outer.lookup, self.members[group]
-        return SegmentView(lambda name: own.get(name) if name in members else (own.get(name) or outer_lookup(name)))
+        """How ``scope`` reads fields (a nested row's scope reads as its own group does: ``outer``,
+        the enclosing row's view, reaches nothing the rule above would not)."""
+        return SegmentView(scope.lookup_function())
 
     def scopes(self, name: str) -> list[GroupScope]:
         found = self._scopes.get(name)
         if found is None:
-            found = self._scopes[name] = [self._scope(name, segments) for segments in self.by_name[name]]
+            found = self._scopes[name] = [self._scope(segments) for segments in self.by_name[name]]
         return found
 
-    def _scope(self, name: str, segments: list[Segment]) -> GroupScope:
-        first = segments[0]
-        enclosing = sorted((other for other_name, others in self.by_name.items() if other_name != name
-                            for other in others if len(other) > len(segments) and any(s is first for s in other)),
-                           key=len)
-        return GroupScope(segments, [first_by_name(segments), *map(first_by_name, enclosing)])
+    def _scope(self, segments: list[Segment]) -> GroupScope:
+        first = id(segments[0])
+        holders_of_first = set(self._holders[first])
+        enclosing = sorted((other for groups in self.by_name.values() for other in groups
+                            if other is not segments and id(other) in holders_of_first), key=len)
+
+        def readable(seg: Segment) -> bool:
+            return all(holder in holders_of_first for holder in self._holders[id(seg)])
+
+        lookups = [first_by_name(segments)]
+        lookups.extend(first_by_name([seg for seg in other if readable(seg)]) for other in enclosing)
+        lookups.append(self._message_level)
+        return GroupScope(segments, [lookup for lookup in lookups if lookup])
 
     def inside(self, name: str, scope: GroupScope) -> list[GroupScope]:
         """The groups called ``name`` that start inside ``scope`` (all of them for the whole message)."""
