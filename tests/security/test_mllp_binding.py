@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -82,6 +83,12 @@ def test_a_message_on_a_connection_whose_client_was_just_revoked_gets_ar_a_log_r
                          mllp_addresses=["127.0.0.1"])
     raw = _original_mode(sample("rde_o11_new_imported.hl7"))
     with socket.create_connection(bound_listener.address, timeout=10) as sock:
+        # TCP's handshake completes before the listener's accept thread admits the connection: wait for
+        # the admission, or (on a loaded machine) the revoke lands first and the connection is refused
+        deadline = time.monotonic() + 10
+        while bound_listener.active_connections == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert bound_listener.active_connections == 1
         security.clients.revoke("boao-engine")          # revoked after the connection was admitted
         sock.sendall(frame(raw))
         data = b""
