@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.observability import configure_logging
+    configure_logging(load_config().get("LOG_FORMAT", "text"))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -77,6 +77,10 @@ DEFAULTS: dict[str, Any] = {
     "MLLP_TLS_CERT": "",
     "MLLP_TLS_KEY": "",
     "MLLP_TLS_CLIENT_CA": "",
+    # --- operations (gateway/observability.py)
+    # a bearer secret that lets a Prometheus scraper read /metrics and nothing else (admin tokens work too)
+    "METRICS_TOKEN": "",
+    "LOG_FORMAT": "text",           # "json": one JSON object per log line, with the message-log id
 }
 
 _INT_KEYS = {k for k, v in DEFAULTS.items() if isinstance(v, int)}

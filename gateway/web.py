@@ -19,6 +19,14 @@ def register_common(app: Flask) -> None:
     def health():
         return jsonify(status="ok")
 
+    @app.get("/metrics")
+    def metrics():
+        """Prometheus text format (gateway/observability.py); who may scrape: gateway/security/policy.py."""
+        from gateway.observability import scrape
+        gateway = gateway_of_app()
+        body, content_type = scrape(gateway.store.engine, gateway.config["DATABASE_URL"])
+        return current_app.response_class(body, status=200, content_type=content_type)
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         from gateway.fhir_api.outcome import outcome_response

@@ -39,7 +39,8 @@ from gateway.ingest.pipeline import Hl7Pipeline, provenance_record
 from gateway.mapping.documents import DocumentOrigin, DocumentUnit
 from gateway.mapping.engine import DocumentLocation, DocumentProblem, MappedResource, MappingSet, MappingSpec
 from gateway.mapping.terminology import Terminology
-from gateway.store.access import bound_organization
+from gateway.observability import about_message, count_message
+from gateway.store.access import bound_organization, current_sender
 from gateway.store.upsert import UpsertProblem, UpsertRejected
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,14 @@ class DocumentPipeline:
         limit = int(self.config["MAX_MESSAGE_BYTES"])
         log_id = self.log.receive(raw[:limit], transport=f"{transport}-{source}"[:16],
                                   format=(spec.name if spec is not None else "unknown")[:32])
+        with about_message(log_id):
+            result = self._ingest_or_500(raw, spec, mapping_name, log_id, limit)
+        count_message(bound_organization() or current_sender(), spec.name if spec is not None else "unknown",
+                      result.log_status, None)
+        return result
+
+    def _ingest_or_500(self, raw: bytes, spec: MappingSpec | None, mapping_name: str, log_id: int,
+                       limit: int) -> DocumentResult:
         try:
             return self._ingest(raw, spec, mapping_name, log_id, limit)
         except Exception:  # the last line of defence: keep the document for replay, say so

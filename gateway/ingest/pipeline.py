@@ -24,6 +24,7 @@ from gateway.hl7v2 import AckCode, Hl7Error, Hl7Message, Hl7ParseError, build_ac
 from gateway.ingest.messagelog import MessageLog
 from gateway.mapping.engine import MappedMessage, MappedResource, MappingSet
 from gateway.mapping.terminology import Terminology
+from gateway.observability import about_message, count_message, stage
 from gateway.store import ResourceStore, now_instant
 from gateway.store.access import bound_organization, current_sender, sending_as
 from gateway.store.upsert import UpsertProblem, UpsertRejected, apply_mapped
@@ -65,7 +66,16 @@ class Hl7Pipeline:
 
     def ingest(self, raw: bytes, transport: str = "http") -> IngestResult:
         """Never raises: every failure becomes an ACK, and the raw bytes are already logged."""
-        log_id = self.log.receive(raw, transport=transport)
+        with stage("total"):
+            log_id = self.log.receive(raw, transport=transport)
+            with about_message(log_id):
+                result = self._ingest_or_ar(raw, log_id)
+        message = result.message
+        count_message(bound_organization() or (message.sending_facility if message else None),
+                      message.message_type if message else None, result.status, result.code)
+        return result
+
+    def _ingest_or_ar(self, raw: bytes, log_id: int) -> IngestResult:
         try:
             return self._ingest(raw, log_id)
         except Exception:  # the last line of defence: answer AR, keep the message for replay
@@ -81,7 +91,8 @@ class Hl7Pipeline:
         what a crash interrupted). Never raises. The resend check is skipped: this *is* the message,
         and upserts on business identifiers make a second pass store nothing new."""
         try:
-            return self._ingest(raw, log_id, resend_check=False)
+            with about_message(log_id):
+                return self._ingest(raw, log_id, resend_check=False)
         except Exception:
             log.exception("message %s failed inside the gateway on replay", log_id)
             error = Hl7Error(text=f"The gateway could not process this message (log id {log_id}) on replay", code="207")
@@ -93,7 +104,8 @@ class Hl7Pipeline:
 
     def _ingest(self, raw: bytes, log_id: int, resend_check: bool = True) -> IngestResult:
         try:
-            message = parse_message(raw, fallback_charset=self.config["FALLBACK_CHARSET"])
+            with stage("parse"):
+                message = parse_message(raw, fallback_charset=self.config["FALLBACK_CHARSET"])
         except Hl7ParseError as exc:
             return self._finish(log_id, exc.partial_msh, AckCode.AR, exc.errors, [], "rejected")
         self.log.identify(log_id, sender_application=message.sending_application,
@@ -137,7 +149,8 @@ class Hl7Pipeline:
             error = Hl7Error(text=text, segment="MSH", sequence=1, field=9, code="200")
             return self._finish(log_id, message, AckCode.AR, [error], warnings, "rejected")
 
-        mapped = spec.run(message, self.terminology, self.zone)
+        with stage("map"):
+            mapped = spec.run(message, self.terminology, self.zone)
         warnings += mapped.warnings
         if mapped.errors:
             return self._finish(log_id, message, AckCode.AE, mapped.errors, warnings, "error")
@@ -148,8 +161,9 @@ class Hl7Pipeline:
 
         source = f"urn:hl7v2:{message.sending_facility}:{message.control_id}"
         try:
-            stored = self.store_mapped(mapped.resources, source, message,
-                                       lambda changed: self._provenance(message, changed, source))
+            with stage("store"):        # validation, resources, Provenance, outbox rows: one transaction
+                stored = self.store_mapped(mapped.resources, source, message,
+                                           lambda changed: self._provenance(message, changed, source))
         except UpsertRejected as exc:
             errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in exc.result.problems]
             return self._finish(log_id, message, AckCode.AE, errors, warnings + exc.result.warnings, "error")

@@ -31,6 +31,7 @@ import orjson
 from sqlalchemy import select, update
 
 from gateway.ingest.message_browser import MessageFilter, ack_code, matching_ids
+from gateway.observability import REPLAYS
 from gateway.store import now_instant
 from gateway.store.access import bound_to
 from gateway.store.schema import message_log
@@ -118,6 +119,7 @@ def _run(gateway, row, note: dict, key: str) -> ReplayOutcome:
             problems = (result.body.get("issue") or []) if result.body.get("resourceType") == "OperationOutcome" else []
             reason = problems[0].get("diagnostics", "") if problems else ""
     _remember(gateway, row.id, key, note, before)
+    REPLAYS.labels("replay" if key == "replays" else "recovery", new_status).inc()
     return ReplayOutcome(row.id, row.status, new_status, code, resources, reason)
 
 

@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 
+from gateway.observability import AUDIT_EVENTS, TOKENS
 from gateway.security.tables import audit_events, create_security_tables
 
 REST_INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -76,6 +77,9 @@ class AuditLog:
                 role=rec.role, action=action, subtype=rec.activity, outcome=outcome, status=rec.outcome_status,
                 entity_type=rec.entity_type, entity_id=rec.entity_id, address=rec.address,
                 content=orjson.dumps(event)))
+        AUDIT_EVENTS.labels(rec.activity, outcome).inc()
+        if rec.activity == "token":
+            TOKENS.labels("issued" if outcome == "0" else "refused").inc()
         return event_id
 
     def _event(self, event_id: str, recorded: str, rec: AuditRecord, action: str, system: str,

@@ -14,6 +14,7 @@ Hooks run in this order (Flask keeps registration order):
 from __future__ import annotations
 
 import codecs
+import hmac
 import logging
 import re
 from urllib.parse import urlsplit
@@ -211,6 +212,9 @@ def _authorize():
     if request.endpoint is None:
         return None           # no such URL: Flask answers 404/405 (an OperationOutcome), audited
     principal = g.principal
+    if rule is not None and rule.kind == "metrics" and _metrics_token_presented():
+        g.not_audited = True      # a scrape with the metrics secret: no clinical data, not audited
+        return None
     if rule is not OPEN and g.auth_error is not None and rule is not None:
         g.refusal_text = g.auth_error.description
         expired = "expired" in g.auth_error.description
@@ -235,6 +239,14 @@ def _authorize():
         g.access_tokens = access.set_for_request(principal.organization, scope, bound, operator,
                                                  _security().clients.roles_of)
     return None
+
+
+def _metrics_token_presented() -> bool:
+    from flask import current_app
+    expected = str(current_app.config.get("METRICS_TOKEN") or "")
+    header = request.headers.get("Authorization", "")
+    return bool(expected) and header[:7].lower() == "bearer " and hmac.compare_digest(
+        header[7:].strip().encode(), expected.encode())
 
 
 def _store_scope(principal: Principal) -> access.AccessScope:
@@ -281,7 +293,7 @@ def _finish(exc: BaseException | None) -> None:
 def _write_audit(status: int, response: Response | None, failure: str | None = None) -> None:
     g.audited = True
     endpoint = request.endpoint
-    if endpoint in NOT_AUDITED:
+    if endpoint in NOT_AUDITED or g.get("not_audited"):
         return
     principal: Principal | None = g.get("principal")
     client_id = principal.client_id if principal else g.get("token_client_id")

@@ -15,7 +15,12 @@ Rule kinds:
   facility (MSH-4) must be the client's organization (checked in the pipeline);
 * ``audit``: the AuditEvent log: admins and regulators, read and search only;
 * ``export``: Bulk Data ``$export`` and its status and files: admins and regulators (``system/*.rs``);
-* ``admin``: admin role only.
+* ``admin``: admin role only;
+* ``metrics``: ``/metrics``: an admin token, or the ``METRICS_TOKEN`` bearer secret. Prometheus
+  scrapes every 15-60 s with a static credential; an admin client's secret in a scraper's config
+  would hand every admin power to whoever reads that file, while the metrics secret opens counts
+  and nothing else (no clinical data is in the metrics). Scrapes with that secret are not audited (no
+  clinical data, and one AuditEvent per scrape would outgrow the clinical ones); refused ones are.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ def fhir(interaction: str) -> Rule:
 
 ENDPOINTS: dict[tuple[str, str], Rule] = {
     ("health", "GET"): OPEN,
+    ("metrics", "GET"): Rule("metrics"),
     ("fhir.metadata", "GET"): OPEN,
     ("security.smart_configuration", "GET"): OPEN,
     ("security.smart_configuration_fhir", "GET"): OPEN,
@@ -112,7 +118,7 @@ def authorize(rule: Rule | None, principal: Principal | None, view_args: dict | 
         return None
     if principal is None:
         return Refusal(401, "login", "this endpoint needs a bearer token: get one from /auth/token")
-    if rule.kind == "admin":
+    if rule.kind in ("admin", "metrics"):
         return None if principal.role == "admin" else Refusal(403, "forbidden", "admin clients only")
     if rule.kind == "audit":
         if principal.role not in AUDIT_READERS:
