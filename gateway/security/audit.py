@@ -114,9 +114,10 @@ class AuditLog:
             entity["what"] = {"identifier": {"system": f"{self.base}/sid/message-log", "value": rec.message_log_id}}
         if rec.entity_type:
             entity["type"] = {"system": ENTITY_TYPE, "code": "2", "display": "System Object"}
-            entity["name"] = rec.entity_type
-        if rec.query:
+        if rec.query:     # R4 sev-1: an entity has a name or a query, never both (the type is in description)
             entity["query"] = base64.b64encode(rec.query.encode("utf-8")).decode("ascii")
+        elif rec.entity_type:
+            entity["name"] = rec.entity_type
         if rec.description:
             entity["description"] = rec.description[:500]
         if entity:
