@@ -74,3 +74,15 @@ def post_hl7(client, raw: bytes):
 
 def ack_segment(segments, name: str) -> list[str]:
     return next(s for s in segments if s[0] == name)
+
+
+@pytest.fixture(scope="session")
+def r4check():
+    """The independent R4 validator (tests/r4check): one Node process for the whole session."""
+    from tests.r4check import R4Check, R4CheckUnavailable
+    try:
+        checker = R4Check()
+    except R4CheckUnavailable as exc:
+        pytest.fail(str(exc))          # never a skip: CI must run the independent check
+    yield checker
+    checker.close()
