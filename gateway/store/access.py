@@ -117,6 +117,19 @@ def operating() -> Iterator[None]:
 
 
 @contextmanager
+def as_gateway() -> Iterator[None]:
+    """The gateway's own writes (the Person index, gateway/store/persons.py): no caller's scope or
+    organization applies; what it creates is owned by nobody."""
+    tokens = _sender.set(None), _scope.set(None), _operator.set(True)
+    try:
+        yield
+    finally:
+        _operator.reset(tokens[2])
+        _scope.reset(tokens[1])
+        _sender.reset(tokens[0])
+
+
+@contextmanager
 def with_roles(lookup: RolesLookup | None) -> Iterator[None]:
     token = _roles.set(lookup)
     try:
@@ -257,6 +270,9 @@ def before_write(conn, letter: str, resource: dict, existing: dict | None) -> No
     resource_type = resource["resourceType"]
     if scope is not None and scope.allows is not None and not scope.allows(resource_type, letter):
         raise AccessDenied(f"this client's scopes do not allow {_VERB[letter]} {resource_type}")
+    if resource_type in GATEWAY_OWNED and not _operator.get() and _writer() is not None:
+        raise AccessDenied(f"{resource_type} records are the gateway's own (links between organizations' "
+                           "records); no client writes them")
     owner = owner_of(conn, resource_type, resource["id"]) if existing is not None else owner_for_new(resource)
     if existing is not None and not _may_change(conn, letter, resource, existing, owner):
         raise AccessDenied(f"{resource_type}/{resource['id']} belongs to {owner or 'the gateway'}: a record is "

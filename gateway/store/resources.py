@@ -123,7 +123,7 @@ class StoreTransaction:
         resource = dict(resource)
         resource["id"] = resource.get("id") or str(uuid.uuid4())
         access.before_write(self.conn, "c", resource, None)
-        return self._write(resource, 1, "POST", insert_current=True)
+        return self._linked(self._write(resource, 1, "POST", insert_current=True))
 
     def update(self, resource: dict, expected_version: str | None = None) -> dict:
         """A new version; creates the resource (version 1) when the id is new (FHIR update-as-create)."""
@@ -137,8 +137,15 @@ class StoreTransaction:
         existing = _load(row.content) if row is not None and not row.deleted else None
         access.before_write(self.conn, "u" if existing is not None else "c", resource, existing)
         if row is None:
-            return self._write(resource, 1, "PUT", insert_current=True)
-        return self._write(resource, row.version_id + 1, "PUT", insert_current=False)
+            return self._linked(self._write(resource, 1, "PUT", insert_current=True))
+        return self._linked(self._write(resource, row.version_id + 1, "PUT", insert_current=False))
+
+    def _linked(self, stored: dict) -> dict:
+        """A Patient is linked to the other organizations' Patients of its person (store/persons.py)."""
+        if stored["resourceType"] == "Patient":
+            from gateway.store.persons import link_patient
+            link_patient(self, stored)
+        return stored
 
     def claimed_elsewhere(self, resource_type: str, tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Which of the identifiers another organization's record of this type carries (access.py)."""
