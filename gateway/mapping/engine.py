@@ -46,6 +46,7 @@ from zoneinfo import ZoneInfo
 
 
 from gateway.hl7v2 import Hl7Error
+from gateway.mapping import cardinality
 from gateway.mapping.datatypes import CONVERTERS
 from gateway.mapping.scoping import HL7_READER, NULL, FieldRef, MappingError, SourceLocation, made_for
 from gateway.mapping.terminology import Terminology
@@ -103,6 +104,7 @@ class ElementRule:
     children: list["ElementRule"] = field(default_factory=list)
     func: Any = None          # the converter, resolved once when the file is loaded
     location: str = ""        # 'MedicationRequest.authoredOn', for warnings and errors
+    fit: str = "append"       # one: a 0..1 element (or one item); list: a whole 0..* element; append: []
 
 
 @dataclass
@@ -234,7 +236,12 @@ class MappingSpec:
             rwhere = f"{where}: resource '{spec.get('key')}'"
             if spec.get("for_each") and spec["for_each"] not in groups:
                 raise MappingError(f"{rwhere}: for_each names unknown group '{spec['for_each']}'")
-            elements = cls._elements(spec.get("elements") or {}, rwhere, keys, set(groups), spec["type"], reader)
+            try:
+                resource_step = cardinality.root(spec.get("type"))
+            except cardinality.ElementPathError as exc:
+                raise MappingError(f"{rwhere}: {exc}") from None
+            elements = cls._elements(spec.get("elements") or {}, rwhere, keys, set(groups), spec["type"], reader,
+                                     resource_step)
             resources.append(ResourceSpec(
                 key=spec["key"], type=spec["type"], for_each=spec.get("for_each"),
                 present=list(spec.get("present") or []), required=list(spec.get("required") or []),
@@ -245,18 +252,19 @@ class MappingSpec:
 
     @classmethod
     def _elements(cls, rows: dict, where: str, keys: set, groups: set, prefix: str,
-                  reader: Any = HL7_READER) -> list[ElementRule]:
+                  reader: Any = HL7_READER, parent: cardinality.ElementStep | None = None) -> list[ElementRule]:
         elements = []
         for path, rule in rows.items():
             # a list: for 'x[]' every row appends; for a single element the first row with a value wins
             rules = rule if isinstance(rule, list) else [rule]
-            elements.extend(cls._element(path, r, f"{where}, element '{path}'", keys, groups, prefix, reader)
-                            for r in rules)
+            elements.extend(cls._element(path, r, f"{where}, element '{path}'", keys, groups, prefix, reader,
+                                         parent) for r in rules)
         return elements
 
     @classmethod
     def _element(cls, path: str, rule: Any, where: str, keys: set, groups: set | None = None,
-                 prefix: str = "", reader: Any = HL7_READER) -> ElementRule:
+                 prefix: str = "", reader: Any = HL7_READER,
+                 parent: cardinality.ElementStep | None = None) -> ElementRule:
         append = path.endswith("[]")
         tokens = []
         for token in (path[:-2] if append else path).split("."):
@@ -265,6 +273,7 @@ class MappingSpec:
                 raise MappingError(f"{where}: '{token}' is not an element name")
             name, index = match.groups()
             tokens.append((name, int(index) if index else None))
+        final = cls._walk(tokens, append, parent, where) if parent is not None else None
         if not isinstance(rule, dict):
             rule = {"value": rule}
         element = ElementRule(path=tokens, append=append, text_path=path.rstrip("[]"),
@@ -272,13 +281,15 @@ class MappingSpec:
                               value=rule.get("value"), ref=rule.get("ref"), when=rule.get("when"),
                               for_each=rule.get("for_each"))
         element.location = f"{prefix}.{element.text_path}" if prefix else element.text_path
+        if final is not None:
+            element.fit = "append" if append else "one" if (tokens[-1][1] is not None or not final.repeats) else "list"
         if element.for_each is not None:
             if element.for_each not in (groups or ()):
                 raise MappingError(f"{where}: for_each names unknown group '{element.for_each}'")
             if not isinstance(rule.get("elements"), dict):
                 raise MappingError(f"{where}: a for_each row needs 'elements'")
             element.children = cls._elements(rule["elements"], where, keys, groups or set(), element.location,
-                                             reader)
+                                             reader, final)
         sources = rule.get("from")
         if sources is not None:
             element.sources = [reader.compile(s, where) for s in (sources if isinstance(sources, list) else [sources])]
@@ -293,6 +304,29 @@ class MappingSpec:
         if not (element.sources or element.named_sources or element.ref or element.children or "value" in rule):
             raise MappingError(f"{where}: needs 'from', 'fields', 'ref' or 'value'")
         return element
+
+    @staticmethod
+    def _walk(tokens: list[tuple[str, int | None]], append: bool, parent: cardinality.ElementStep,
+              where: str) -> cardinality.ElementStep:
+        """The R4 element a row writes, checked step by step: it exists, an index or ``[]`` only on a
+        repeating element, and a repeating element crossed only with an index."""
+        current = parent
+        for depth, (name, index) in enumerate(tokens):
+            try:
+                current = cardinality.step(current, name)
+            except cardinality.ElementPathError as exc:
+                raise MappingError(f"{where}: {exc}") from None
+            last = depth == len(tokens) - 1
+            if index is not None and not current.repeats:
+                raise MappingError(f"{where}: {current.path} is a single element (0..1 in R4): write '{name}', "
+                                   f"not '{name}[{index}]'")
+            if last and append and not current.repeats:
+                raise MappingError(f"{where}: {current.path} is a single element (0..1 in R4): write '{name}:', "
+                                   f"not '{name}[]:'")
+            if not last and current.repeats and index is None:
+                raise MappingError(f"{where}: {current.path} repeats (0..* in R4): say which item, "
+                                   f"'{name}[0]'")
+        return current
 
     def segments_read(self) -> set[str]:
         """Names of the segments this mapping reads; the rest are kept with the message's Provenance."""
@@ -398,6 +432,16 @@ class MappingSpec:
                 continue
             if value is None or value == [] or value == {}:
                 continue
+            if rule.fit == "one" and isinstance(value, list):
+                if len(value) > 1:       # the mapping, not the message, is at fault: say which element
+                    ctx.source = source
+                    ctx.error(f"takes a single value (0..1 in R4), but {source or 'the row'} gave {len(value)}; "
+                              "the mapping must choose one (a repetition like 'PEO-7(1)', or another element)")
+                    ctx.source = None
+                    continue
+                value = value[0]
+            elif rule.fit == "list" and not isinstance(value, list):
+                value = [value]
             _set_path(target, rule.path, value, rule.append)
             filled.add(rule.text_path)
             if source is not None:

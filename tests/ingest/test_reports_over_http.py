@@ -249,3 +249,18 @@ def test_a_device_first_stored_by_its_udi_and_serial_alone_is_the_device_the_oru
     device = devices["entry"][0]["resource"]
     assert device["id"] == created.get_json()["id"] and device["meta"]["versionId"] == "2"
     assert [i["value"] for i in device["identifier"]] == ["00643169007222:SN-PMC-778812", "BRJ-DEV-7781"]
+
+
+def test_a_report_with_the_event_address_peo7_is_stored_with_its_location(client, gateway):
+    """Issue 14 item 2: every PEX carrying PEO-7 was refused (``Location.address: expected a single
+    value, found an array``); the engine now fits the one address to the 0..1 element."""
+    peo = b"PEO|10010741^Conjunctivitis^MDR|H10.9^Conjunctivitis, unspecified^I10|20260401||||"
+    _response, ack = post_hl7(client, _variant("pex_p07_adverse_event.hl7",
+                                               (peo, peo + "博鳌路1号^^琼海市^海南省^571434^CHN".encode())))
+    assert ack_segment(ack, "MSA")[1:3] == ["AA", "BSH20260402000031"]
+    event = _search(client, "AdverseEvent?_count=5")["entry"][0]["resource"]
+    location_type, location_id = event["location"]["reference"].split("/")
+    location = gateway.store.read(location_type, location_id)      # Location is stored, not served on /fhir
+    assert location["address"] == {"line": ["博鳌路1号"], "city": "琼海市", "state": "海南省",
+                                   "postalCode": "571434", "country": "CHN"}
+    assert location["mode"] == "instance"

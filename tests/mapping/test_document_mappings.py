@@ -262,7 +262,7 @@ resources:
     devices = {m.temp_id: m.resource["identifier"][0]["value"] for m in result.resources if m.type == "Device"}
     events = [m.resource for m in result.resources if m.type == "AdverseEvent"]
     assert [[devices[s["instance"]["reference"]] for s in e["suspectEntity"]] for e in events] == [["D1", "D2"], ["D3"]]
-    assert [e["identifier"][0]["system"] for e in events] == [f"{BASE}/sid/H1/adverse-event"] * 2
+    assert [e["identifier"]["system"] for e in events] == [f"{BASE}/sid/H1/adverse-event"] * 2   # 0..1 in R4
 
 
 def test_conditions_read_document_paths():
