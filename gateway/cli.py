@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_routing_parsers(sub)
     from gateway.ingest.messages_cli import add_message_parsers
     add_message_parsers(sub)
+    from gateway.mapping.commands import add_mapping_parsers
+    add_mapping_parsers(sub)
     return parser
 
 
@@ -222,7 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.observability import configure_logging
     configure_logging(load_config().get("LOG_FORMAT", "text"))
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from gateway.mapping.engine import MappingError
+    try:
+        return args.func(args)
+    except MappingError as exc:        # a broken mapping file: the gateway does not start (file:line each)
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print("the gateway does not start with a broken mapping; `fhir-gateway mappings check` lists "
+              "the problems", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ sub-components), so ``date``, ``table`` or ``quantity`` read a CSV cell as they 
 """
 from __future__ import annotations
 
+import os
 import re
 from random import getrandbits
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from gateway.mapping import cardinality
 from gateway.mapping.datatypes import CONVERTERS
 from gateway.mapping.scoping import HL7_READER, NULL, FieldRef, MappingError, SourceLocation, made_for
 from gateway.mapping.terminology import Terminology
+from gateway.mapping.yaml_lines import line_of, load_lined_yaml
 from gateway.yamlfile import load_yaml
 
 _PATH_TOKEN = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\[(\d*)\])?$")
@@ -105,6 +107,7 @@ class ElementRule:
     func: Any = None          # the converter, resolved once when the file is loaded
     location: str = ""        # 'MedicationRequest.authoredOn', for warnings and errors
     fit: str = "append"       # one: a 0..1 element (or one item); list: a whole 0..* element; append: []
+    where: str = ""           # 'rde_o11.yaml:88: resource 'order', element 'status'', for later checks
 
 
 @dataclass
@@ -219,46 +222,97 @@ class MappingSpec:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "MappingSpec":
+        """One mapping file, every mistake in it a ``file:line: message`` (MappingError.problems),
+        the file named relative to the working directory when it is below it."""
         path = Path(path)
-        data = load_yaml(path)
-        return cls.from_dict(data, where=path.name)
+        shown = os.path.relpath(path) if path.is_absolute() else str(path)
+        shown = shown if not shown.startswith("..") else str(path)
+        try:
+            data = load_lined_yaml(path)
+        except ValueError as exc:
+            raise MappingError(str(exc).replace(path.name, shown, 1)) from None
+        return cls.from_dict(data, where=shown)
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "mapping") -> "MappingSpec":
-        if not isinstance(data, dict) or "resources" not in data:
-            raise MappingError(f"{where}: a mapping needs 'name', 'source' and 'resources'")
+        """``where`` is the file name; with data from ``load_lined_yaml`` each mistake gets its line."""
+        if not isinstance(data, dict) or not isinstance(data.get("resources"), list):
+            raise MappingError(f"{_at(where, data)}: a mapping needs 'name', 'source' and 'resources' (a list)")
         source = data.get("source", "hl7v2")
-        reader = reader_for(source, data, where)
-        groups = {name: reader.group(name, g, where) for name, g in (data.get("groups") or {}).items()}
+        reader = reader_for(source, data, _at(where, data, "document" if "document" in data else None))
+        groups = {}
+        for name, g in (data.get("groups") or {}).items():
+            groups[name] = reader.group(name, g, _at(where, data.get("groups"), name))
+        problems: list[str] = []
         resources = []
-        keys = {r.get("key") for r in data["resources"]}
+        keys = {r.get("key") for r in data["resources"] if isinstance(r, dict)}
         for spec in data["resources"]:
-            rwhere = f"{where}: resource '{spec.get('key')}'"
-            if spec.get("for_each") and spec["for_each"] not in groups:
-                raise MappingError(f"{rwhere}: for_each names unknown group '{spec['for_each']}'")
             try:
-                resource_step = cardinality.root(spec.get("type"))
-            except cardinality.ElementPathError as exc:
-                raise MappingError(f"{rwhere}: {exc}") from None
+                resources.append(cls._resource(spec, where, keys, groups, reader))
+            except MappingError as exc:
+                problems.extend(exc.problems)
+                if exc.partial is not None:
+                    resources.append(exc.partial)
+        loaded = cls(data.get("name", where), source, list(data.get("message_types") or []),
+                     groups, resources, data.get("description", ""), data, reader)
+        if problems:
+            raise MappingError.of(problems, loaded)
+        return loaded
+
+    @classmethod
+    def _resource(cls, spec: Any, where: str, keys: set, groups: dict, reader: Any) -> ResourceSpec:
+        if not isinstance(spec, dict) or not spec.get("key") or not spec.get("type"):
+            raise MappingError(f"{_at(where, spec)}: a resource needs 'key' and 'type'")
+        rwhere = f"{_at(where, spec)}: resource '{spec.get('key')}'"
+        problems: list[str] = []
+        if spec.get("for_each") and spec["for_each"] not in groups:
+            problems.append(f"{_at(where, spec, 'for_each')}: resource '{spec['key']}': for_each names unknown "
+                            f"group '{spec['for_each']}' (groups: {', '.join(groups) or 'none'})")
+        resource_step = None
+        try:
+            resource_step = cardinality.root(spec["type"])
+        except cardinality.ElementPathError as exc:
+            problems.append(f"{_at(where, spec, 'type')}: resource '{spec['key']}': {exc}")
+        for key in ("when", "present"):
+            if spec.get(key) is not None:
+                try:
+                    _check_condition(spec[key] if key == "when" else {"all": [{"present": p} for p in spec[key]]},
+                                     f"{_at(where, spec, key)}: resource '{spec['key']}', {key}", reader)
+                except MappingError as exc:
+                    problems.extend(exc.problems)
+        try:
             elements = cls._elements(spec.get("elements") or {}, rwhere, keys, set(groups), spec["type"], reader,
                                      resource_step)
-            resources.append(ResourceSpec(
-                key=spec["key"], type=spec["type"], for_each=spec.get("for_each"),
-                present=list(spec.get("present") or []), required=list(spec.get("required") or []),
-                identity=dict(spec.get("identity") or {}), lifecycle=dict(spec.get("lifecycle") or {}),
-                elements=elements, when=spec.get("when")))
-        return cls(data.get("name", where), source, list(data.get("message_types") or []),
-                   groups, resources, data.get("description", ""), data, reader)
+        except MappingError as exc:
+            problems.extend(exc.problems)
+            elements = exc.partial or []
+        resource = ResourceSpec(
+            key=spec["key"], type=spec["type"], for_each=spec.get("for_each"),
+            present=list(spec.get("present") or []), required=list(spec.get("required") or []),
+            identity=dict(spec.get("identity") or {}), lifecycle=dict(spec.get("lifecycle") or {}),
+            elements=elements, when=spec.get("when"))
+        if problems:
+            raise MappingError.of(problems, resource)
+        return resource
 
     @classmethod
     def _elements(cls, rows: dict, where: str, keys: set, groups: set, prefix: str,
                   reader: Any = HL7_READER, parent: cardinality.ElementStep | None = None) -> list[ElementRule]:
-        elements = []
+        elements, problems = [], []
+        if not isinstance(rows, dict):
+            raise MappingError(f"{where}: 'elements' must be a mapping of element paths to rows")
         for path, rule in rows.items():
             # a list: for 'x[]' every row appends; for a single element the first row with a value wins
             rules = rule if isinstance(rule, list) else [rule]
-            elements.extend(cls._element(path, r, f"{where}, element '{path}'", keys, groups, prefix, reader,
-                                         parent) for r in rules)
+            for r in rules:
+                row_where = _relocate(where, line_of(r) if isinstance(r, dict) else line_of(rows, path))
+                try:
+                    elements.append(cls._element(path, r, f"{row_where}, element '{path}'", keys, groups, prefix,
+                                                 reader, parent))
+                except MappingError as exc:
+                    problems.extend(exc.problems)
+        if problems:
+            raise MappingError.of(problems, elements)
         return elements
 
     @classmethod
@@ -281,6 +335,7 @@ class MappingSpec:
                               value=rule.get("value"), ref=rule.get("ref"), when=rule.get("when"),
                               for_each=rule.get("for_each"))
         element.location = f"{prefix}.{element.text_path}" if prefix else element.text_path
+        element.where = where
         if final is not None:
             element.fit = "append" if append else "one" if (tokens[-1][1] is not None or not final.repeats) else "list"
         if element.for_each is not None:
@@ -290,6 +345,10 @@ class MappingSpec:
                 raise MappingError(f"{where}: a for_each row needs 'elements'")
             element.children = cls._elements(rule["elements"], where, keys, groups or set(), element.location,
                                              reader, final)
+        if element.when is not None:
+            _check_condition(element.when, f"{where}, when", reader)
+        if not isinstance(element.args, dict):
+            raise MappingError(f"{where}: 'args' must be a mapping (name: value)")
         sources = rule.get("from")
         if sources is not None:
             element.sources = [reader.compile(s, where) for s in (sources if isinstance(sources, list) else [sources])]
@@ -299,6 +358,8 @@ class MappingSpec:
             raise MappingError(f"{where}: unknown converter '{element.converter}' "
                                f"(known: {', '.join(sorted(CONVERTERS))})")
         element.func = CONVERTERS[element.converter or "string"]
+        if element.converter:
+            _check_arguments(element, where)
         if element.ref and element.ref not in keys:
             raise MappingError(f"{where}: ref names unknown resource '{element.ref}'")
         if not (element.sources or element.named_sources or element.ref or element.children or "value" in rule):
@@ -492,6 +553,69 @@ class MappingSpec:
 
 
 
+def _at(file: str, node: Any, key: Any = None) -> str:
+    """``file:line`` of ``node`` (or of its ``key``) when the file was read with line numbers."""
+    line = line_of(node, key)
+    return f"{file}:{line}" if line else file
+
+
+def _relocate(where: str, line: int | None) -> str:
+    """``where`` (``file[:line]: what``) with the line of a nearer row."""
+    if not line:
+        return where
+    head, _sep, rest = where.partition(": ")
+    return f"{head.split(':')[0]}:{line}: {rest}"
+
+
+_CONDITION_KEYS = {"any", "all", "not", "present", "absent", "field"}
+
+
+def _check_condition(when: Any, where: str, reader: Any) -> None:
+    """A ``when:`` (or ``present:``) condition parses: known keys, each path readable by the mapping."""
+    if not isinstance(when, dict) or not (set(when) & _CONDITION_KEYS):
+        raise MappingError(f"{where}: a condition is {{field: X, in: [...]}}, {{present: X}}, {{absent: X}}, "
+                           f"{{any: [...]}}, {{all: [...]}} or {{not: {{...}}}}; found {when!r}")
+    unknown = set(when) - _CONDITION_KEYS - {"in"}
+    if unknown:
+        raise MappingError(f"{where}: unknown condition key(s) {', '.join(sorted(map(str, unknown)))}")
+    for key in ("any", "all"):
+        if key in when:
+            if not isinstance(when[key], list):
+                raise MappingError(f"{where}: '{key}' takes a list of conditions")
+            for inner in when[key]:
+                _check_condition(inner, where, reader)
+    if "not" in when:
+        _check_condition(when["not"], where, reader)
+    for key in ("present", "absent", "field"):
+        if key in when:
+            if reader.source == "hl7v2":
+                FieldRef.parse(when[key], where)
+            elif when[key] not in getattr(reader, "condition_paths", {}):
+                reader.compile(when[key], where)
+    if "field" in when and not isinstance(when.get("in"), list):
+        raise MappingError(f"{where}: {{field: {when['field']}}} needs 'in: [values]'")
+
+
+def _check_arguments(element: ElementRule, where: str) -> None:
+    """Every ``args:`` name is a parameter of the converter, and its required ones are given."""
+    import inspect
+    parameters = list(inspect.signature(element.func).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    fed = {"ctx"} | set(element.named_sources) | ({parameters[1].name} if element.sources and len(parameters) > 1
+                                                   else set())
+    takes = [p.name for p in parameters if p.name not in fed and p.kind is not p.VAR_POSITIONAL]
+    unknown = [name for name in element.args if name not in takes]
+    if unknown:
+        raise MappingError(f"{where}: converter '{element.converter}' takes no argument "
+                           f"{', '.join(repr(n) for n in unknown)} (it takes: {', '.join(takes) or 'none'})")
+    missing = [p.name for p in parameters if p.name not in fed and p.name not in element.args
+               and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if missing and element.sources:
+        raise MappingError(f"{where}: converter '{element.converter}' needs argument(s) "
+                           f"{', '.join(repr(n) for n in missing)} under 'args'")
+
+
 def _temp_id() -> str:
     """A ``urn:uuid:`` (random, version 4) for a resource until the store gives it an id. Built from
     ``getrandbits`` (reseeded in forked workers) rather than ``uuid.uuid4()``: a fifth of the cost."""
@@ -605,13 +729,86 @@ class MappingSet:
 
     @classmethod
     def load(cls, directory: str | Path) -> "MappingSet":
-        directory = Path(directory)
-        specs = []
-        for path in sorted(directory.glob("*.yaml")):
-            data = load_yaml(path)
-            if isinstance(data, dict) and "resources" in data:
-                specs.append(MappingSpec.from_dict(data, where=path.name))
+        """Every mapping in ``directory``; a MappingError listing every mistake (``file:line: message``)
+        when any file has one, so the gateway refuses to start on a broken mapping."""
+        specs, problems = load_mappings(directory)
+        if problems:
+            raise MappingError.of(problems)
         return cls(specs)
 
     def for_message(self, message_type: str) -> MappingSpec | None:
         return self.by_message_type.get(message_type)
+
+
+def mapping_files(directory: str | Path) -> list[Path]:
+    """The mapping files of a directory: its YAML files with ``resources`` (not the code-system and
+    table files beside them)."""
+    found = []
+    for path in sorted(Path(directory).glob("*.yaml")):
+        data = load_yaml(path)
+        if isinstance(data, dict) and "resources" in data:
+            found.append(path)
+    return found
+
+
+def load_mappings(directory: str | Path, files: list[Path] | None = None,
+                  terminology: Terminology | None = None) -> tuple[list[MappingSpec], list[str]]:
+    """Load ``files`` (default: every mapping file in ``directory``) and check them against the
+    directory's code systems and tables; returns the specs that loaded and every problem found."""
+    directory = Path(directory)
+    specs, problems = [], []
+    partial = []
+    for path in files if files is not None else mapping_files(directory):
+        try:
+            specs.append(MappingSpec.from_file(path))
+        except MappingError as exc:
+            problems.extend(exc.problems)
+            if exc.partial is not None:
+                partial.append(exc.partial)
+    if terminology is None and (directory / "code_systems.yaml").is_file() and (directory / "tables.yaml").is_file():
+        terminology = Terminology.load(directory)
+    if terminology is not None:
+        for spec in specs + partial:
+            problems.extend(terminology_problems(spec, terminology))
+    problems.sort(key=_file_and_line)
+    claimed: dict[str, str] = {}
+    for spec in specs:
+        for message_type in spec.message_types:
+            if message_type in claimed:
+                problems.append(f"{spec.name}: {message_type} is claimed by both {claimed[message_type]} and {spec.name}")
+            claimed.setdefault(message_type, spec.name)
+    return specs, problems
+
+
+def _file_and_line(problem: str) -> tuple[str, int]:
+    head = problem.split(": ", 1)[0]
+    file, _sep, line = head.rpartition(":")
+    return (file, int(line)) if line.isdigit() else (head, 0)
+
+
+_TABLE_ARGUMENTS = ("table", "original")
+_SYSTEM_ARGUMENTS = ("system", "default_system")
+
+
+def terminology_problems(spec: MappingSpec, terminology: Terminology) -> list[str]:
+    """Tables (``args: {table: "0250"}``) and code systems (``args: {system: CN-NMPA}``) a mapping
+    names that ``tables.yaml`` and ``code_systems.yaml`` do not have."""
+    problems: list[str] = []
+
+    def rows(rules: list[ElementRule]) -> None:
+        for rule in rules:
+            for name in _TABLE_ARGUMENTS:
+                table = rule.args.get(name)
+                if isinstance(table, (str, int)) and not ({str(table), f"{table}-display"} & set(terminology.tables)):
+                    problems.append(f"{rule.where}: table '{table}' is not in tables.yaml")
+            for name in _SYSTEM_ARGUMENTS:
+                system = rule.args.get(name)
+                if isinstance(system, str) and "{" not in system and not terminology.coding_system(system)[1]:
+                    problems.append(f"{rule.where}: code system '{system}' is not in code_systems.yaml "
+                                    "(add it under coding_systems or aliases, or write its URI)")
+            rows(rule.children)
+
+    for resource in spec.resources:
+        rows(resource.elements)
+    return list(dict.fromkeys(problems))
+

@@ -21,7 +21,19 @@ _FIELD_REFS: dict[str, "FieldRef"] = {}      # text -> parsed, bounded (FieldRef
 
 
 class MappingError(ValueError):
-    """A mapping file that cannot be used; raised when loading, never while converting."""
+    """A mapping file that cannot be used; raised when loading, never while converting. ``problems``
+    lists every mistake found (each ``file:line: message``); the text is all of them, one a line."""
+
+    def __init__(self, text: str, problems: list[str] | None = None):
+        super().__init__(text)
+        self.problems = problems or [text]
+        self.partial: Any = None      # what did load (rows, a resource, a spec), for further checks
+
+    @classmethod
+    def of(cls, problems: list[str], partial: Any = None) -> "MappingError":
+        error = cls("\n".join(problems), problems)
+        error.partial = partial
+        return error
 
 
 class SourceLocation(NamedTuple):
