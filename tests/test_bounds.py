@@ -150,3 +150,14 @@ def test_a_bundle_at_its_entry_limit_is_processed(bounded):
     response = client.post("/fhir", data=orjson.dumps(_bundle("transaction", 5)), content_type="application/fhir+json")
     assert response.status_code == 200
     assert client.get("/fhir/Patient").get_json()["total"] == 5
+
+
+def test_an_operation_outcome_lists_the_first_n_issues_then_counts_the_rest(bounded):
+    app, client = bounded
+    patient = {"resourceType": "Patient", "identifier": [{"value": f"no-system-{i}"} for i in range(40)]}
+    response = client.post("/fhir/Patient", json=patient, content_type="application/fhir+json")
+    assert response.status_code in (400, 422)
+    issues = response.get_json()["issue"]
+    assert len(issues) == 11
+    assert issues[-1]["code"] == "too-costly" and issues[-1]["severity"] == "error"
+    assert issues[-1]["diagnostics"].endswith("more issues (MAX_ERRORS_REPORTED lists the first 10)")

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, g, has_request_context, request
+from flask import Response, current_app, g, has_app_context, has_request_context, request
 
+from gateway.bounds import first_and_count
 from gateway.fhir_api.formats import FormatError, Negotiated, negotiate, render
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -35,6 +36,8 @@ def requested_format() -> Negotiated:
 
 
 def fhir_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+    if body.get("resourceType") == "OperationOutcome":
+        body = capped_outcome(body)
     fmt = requested_format()
     try:
         content = render(body, fmt)
@@ -43,6 +46,23 @@ def fhir_response(body: dict, status: int = 200, headers: dict | None = None) ->
         body, status = operation_outcome("error", exc.code, str(exc)), exc.status
         content = render(body, fmt)
     return Response(content, status=status, content_type=f"{fmt.mime}; charset=utf-8", headers=headers or {})
+
+
+def capped_outcome(outcome: dict) -> dict:
+    """An OperationOutcome with its first ``MAX_ERRORS_REPORTED`` issues and one more counting the rest
+    (``gateway.bounds``): a resource with ten thousand bad elements gets an answer a client can read."""
+    issues = outcome.get("issue")
+    limit = int(current_app.config.get("MAX_ERRORS_REPORTED") or 0) if has_app_context() else 0
+    if not isinstance(issues, list) or (len(issues) == limit + 1 and issues[-1].get("code") == "too-costly"):
+        return outcome          # not a list, or already cut by the pipeline that built it
+    shown, more = first_and_count(issues, limit)
+    if not more:
+        return outcome
+    hidden = {issue.get("severity") for issue in issues[len(shown):] if isinstance(issue, dict)}
+    severity = next((s for s in ("fatal", "error", "warning") if s in hidden), "information")
+    return {**outcome, "issue": shown + [{
+        "severity": severity, "code": "too-costly",
+        "diagnostics": f"and {more} more issues (MAX_ERRORS_REPORTED lists the first {limit})"}]}
 
 
 def outcome_response(status: int, code: str, diagnostics: str, expression: str | None = None,
