@@ -54,12 +54,15 @@ def order_segments(segment_names: Iterable[str]) -> tuple[str, list[int]]:
 
 
 def csv_rows_over(raw: bytes, limit: int, delimiter: str = ",", encoding: str = "utf-8") -> int | None:
-    """The number of data rows (header and blank lines excluded) when it is over ``limit``, else None.
+    """When the file has more than ``limit`` data rows (header and blank lines excluded): its number of
+    lines, for the refusal; else None.
 
-    The line count (one C pass) settles almost every file; only a file with more lines than the limit
-    is scanned as CSV, because a quoted cell may hold line breaks. Undecodable bytes or broken CSV are
-    the reader's to report, so they count as fewer rows here, never as a refusal."""
-    if limit <= 0 or raw.count(b"\n") <= limit:
+    The line count (one C pass) settles almost every file; a file with more lines than the limit is
+    read as CSV only until its row ``limit + 1`` (a quoted cell may hold line breaks), so a refusal
+    costs the line count and ``limit`` rows, whatever the file's length. Undecodable bytes or broken
+    CSV are the reader's to report, so they count as fewer rows here, never as a refusal."""
+    lines = raw.count(b"\n")
+    if limit <= 0 or lines <= limit:
         return None
     try:
         text = raw.decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
@@ -71,6 +74,8 @@ def csv_rows_over(raw: bytes, limit: int, delimiter: str = ",", encoding: str = 
         for row in rows:
             if count < 0 or any(cell.strip() for cell in row):
                 count += 1
+                if count > limit:
+                    return lines + (0 if raw.endswith(b"\n") else 1)
     except csv.Error:
         pass
-    return count if count > limit else None
+    return None

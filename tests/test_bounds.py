@@ -26,10 +26,11 @@ def test_orders_are_orc_segments_or_obr_when_a_message_has_no_orc():
 
 
 def test_csv_rows_count_records_not_lines_and_skip_blank_lines():
-    quoted = b'a,b\n"x\ny\nz",1\n\n"p\nq",2\n'          # 5 line breaks, 2 rows
+    quoted = b'a,b\n"x\ny\nz",1\n\n"p\nq",2\n'          # 7 lines, 2 rows
     assert csv_rows_over(quoted, 2) is None
-    assert csv_rows_over(quoted, 1) == 2
-    assert csv_rows_over(b"a,b\n" + b"1,2\n" * 10, 9) == 10
+    assert csv_rows_over(quoted, 1) == 7                      # over: the refusal names the lines
+    assert csv_rows_over(b"a,b\n" + b"1,2\n" * 10, 9) == 11
+    assert csv_rows_over(b"a,b\n" + b"1,2\n" * 10, 10) is None
 
 
 @pytest.fixture
@@ -53,8 +54,8 @@ def test_a_csv_over_max_csv_rows_is_refused_413_logged_raw_and_nothing_mapped(bo
     assert response.status_code == 413
     issue = response.get_json()["issue"][0]
     assert issue["code"] == "too-costly"
-    assert issue["diagnostics"] == ("the file has 100000 rows; this gateway takes at most 50 in one file "
-                                    "(MAX_CSV_ROWS): send it in several files; nothing was stored")
+    assert issue["diagnostics"] == ("the file has more than 50 rows (100001 lines); this gateway takes at most 50 "
+                                    "in one file (MAX_CSV_ROWS): send it in several files; nothing was stored")
     logged = app.extensions["gateway"].message_log.get(int(response.headers["X-Message-Log-Id"]))
     assert logged.status == "rejected" and logged.raw == body
     assert elapsed < 5, "a refusal costs about what reading the body did, not mapping 100,000 rows"

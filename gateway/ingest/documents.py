@@ -144,12 +144,12 @@ class DocumentPipeline:
                 "its first bytes are kept in the message log", None, "too-long")])
         if spec.source == "csv":
             row_limit = int(self.config.get("MAX_CSV_ROWS") or 0)
-            rows = csv_rows_over(raw, row_limit, getattr(spec.reader, "delimiter", ","),
-                                 getattr(spec.reader, "encoding", "utf-8"))
-            if rows is not None:
+            lines = csv_rows_over(raw, row_limit, getattr(spec.reader, "delimiter", ","),
+                                  getattr(spec.reader, "encoding", "utf-8"))
+            if lines is not None:
                 return self._refuse(log_id, 413, [DocumentProblem(
-                    f"the file has {rows} rows; this gateway takes at most {row_limit} in one file (MAX_CSV_ROWS): "
-                    "send it in several files; nothing was stored", None, "too-costly")])
+                    f"the file has more than {row_limit} rows ({lines} lines); this gateway takes at most {row_limit} "
+                    "in one file (MAX_CSV_ROWS): send it in several files; nothing was stored", None, "too-costly")])
         read = spec.reader.read(raw)
         if read.problems:
             return self._refuse(log_id, 400, read.problems)
