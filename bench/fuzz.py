@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--mllp-share", type=float, default=0.2, help="share of the inputs sent over MLLP")
     parser.add_argument("--seed", type=int, default=1411)
     parser.add_argument("--senders", type=int, default=4)
-    parser.add_argument("--huge", type=int, default=2_000_000, help="largest huge field, bytes")
+    parser.add_argument("--huge", type=int, default=500_000, help="largest huge field, bytes")
     args = parser.parse_args()
 
     import logging
@@ -66,25 +66,11 @@ def main() -> int:
     print(f"fuzz: {http_inputs} inputs over HTTP, {mllp_inputs} over MLLP, seed {args.seed}, {args.senders} senders; "
           f"{platform.platform()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
 
-    web = Verdict()
-    started = time.perf_counter()
-    batch = 2_000
-    with ThreadPoolExecutor(args.senders) as pool:
-        for first in range(0, http_inputs, batch):
-            mutants = [mutator.document_mutant() if i % 4 == 0 else mutator.hl7_mutant()
-                       for i in range(first, min(first + batch, http_inputs))]
-            list(pool.map(lambda m: post(lambda: http.client.HTTPConnection(host, port, timeout=60), m, headers,
-                                         web, limit), mutants))
-            print(f"  http {min(first + batch, http_inputs)}/{http_inputs}, {len(web.problems)} problems, "
-                  f"slowest {web.slowest:.2f} s", flush=True)
-    http_seconds = time.perf_counter() - started
-    web.problems += missing_log_rows(gateway.store.engine, web)
-
     listener = mllp_server(gateway.pipeline, "127.0.0.1", 0)
     listener.start()
     mllp = Verdict()
     sent_by_thread: list[Counter] = []
-    started = time.perf_counter()
+    mllp_started = time.perf_counter()
 
     def sender(count: int, seed: int) -> None:
         sent = Counter()
@@ -95,19 +81,41 @@ def main() -> int:
             mutant = own.hl7_mutant(original_mode=True)
             mutant.data = for_mllp(mutant.data)
             sent[mutant.sha256] += 1
+            reported = len(mllp.problems)
             try:
                 send_mllp(sock, mutant, mllp)
             except (OSError, ConnectionError):
                 sock.close()
                 sock = socket.create_connection(listener.address, timeout=10)
+            for problem in mllp.problems[reported:]:
+                print(f"    MLLP {problem[:400]}", flush=True)
         sock.close()
     threads = [threading.Thread(target=sender, args=(mllp_inputs // args.senders + (i < mllp_inputs % args.senders),
                                                      args.seed * 100 + i)) for i in range(args.senders)]
-    for thread in threads:
+    for thread in threads:          # MLLP and HTTP at once, as a gateway sees them
         thread.start()
+
+    web = Verdict()
+    started = time.perf_counter()
+    batch = 2_000
+    with ThreadPoolExecutor(args.senders) as pool:
+        for first in range(0, http_inputs, batch):
+            mutants = [mutator.document_mutant() if i % 4 == 0 else mutator.hl7_mutant()
+                       for i in range(first, min(first + batch, http_inputs))]
+            reported = len(web.problems)
+            list(pool.map(lambda m: post(lambda: http.client.HTTPConnection(host, port, timeout=60), m, headers,
+                                         web, limit), mutants))
+            print(f"  http {min(first + batch, http_inputs)}/{http_inputs} at {time.perf_counter() - started:.0f} s, "
+                  f"{len(web.problems)} problems, slowest {web.slowest:.2f} s, load {os.getloadavg()[0]:.1f}",
+                  flush=True)
+            for problem in web.problems[reported:]:
+                print(f"    {problem[:400]}", flush=True)
+    http_seconds = time.perf_counter() - started
+    web.problems += missing_log_rows(gateway.store.engine, web)
+
     for thread in threads:
         thread.join()
-    mllp_seconds = time.perf_counter() - started
+    mllp_seconds = time.perf_counter() - mllp_started
     sent_hashes = sum(sent_by_thread, Counter())
     logged = logged_hashes(gateway.store.engine, "mllp")
     unlogged = sum(n - logged.get(sha, 0) for sha, n in sent_hashes.items() if logged.get(sha, 0) < n)
