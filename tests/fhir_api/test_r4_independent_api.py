@@ -1,9 +1,12 @@
 """End to end, every answer the FHIR API gives after the samples went in is valid R4 by a validator
 that is not ours (tests/r4check): every Bundle (system history, each type's search, AuditEvent search),
-every resource in them, every resource read alone, the CapabilityStatement, and refusals'
+every resource in them, every resource read alone, every resource a Bulk export writes, the CapabilityStatement, and refusals'
 OperationOutcomes. The samples go in over HTTP as hospitals send them (HL7 v2, XML, CSV, JSON)."""
 from __future__ import annotations
 
+import time
+
+import orjson
 import pytest
 import requests
 
@@ -96,3 +99,24 @@ def test_the_capability_statement_and_refusals_are_valid_r4(loaded, r4check):
         assert body["resourceType"] in ("CapabilityStatement", "OperationOutcome"), (what, body)
         problems += _check(r4check, body, what)
     assert problems == []
+
+
+def test_every_resource_a_bulk_export_writes_is_valid_r4(loaded, r4check):
+    app, base, http = loaded
+    kick_off = http.get(f"{base}/$export", headers={"Prefer": "respond-async", "Accept": "application/fhir+json"},
+                        timeout=10)
+    assert kick_off.status_code == 202, kick_off.text
+    for _ in range(300):
+        status = http.get(kick_off.headers["Content-Location"], timeout=10)
+        if status.status_code != 202:
+            break
+        time.sleep(0.05)
+    assert status.status_code == 200, status.text
+    problems, exported = [], 0
+    for item in status.json()["output"]:
+        file = http.get(item["url"], timeout=30)
+        assert file.status_code == 200, file.text
+        for line in file.content.splitlines():
+            exported += 1
+            problems += _check(r4check, orjson.loads(line), f"$export {item['type']}")
+    assert exported and problems == []
