@@ -48,7 +48,7 @@ def main() -> int:
     from waitress.server import create_server
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)     # "Task queue depth" on every burst
     data_dir = tempfile.mkdtemp(prefix="lecheng-fuzz-")
-    app = create_app({"DATA_DIR": data_dir, "RATE_LIMIT": "100000000 per minute"})
+    app = create_app({"DATA_DIR": data_dir, "RATE_LIMIT": "100000000 per minute", "TOKEN_LIFETIME_SECONDS": 86400})
     register(app, "fuzz-admin", "admin")
     server = create_server(app, host="127.0.0.1", port=0, threads=args.senders,
                            max_request_body_size=int(app.config["MAX_MESSAGE_BYTES"]))

@@ -29,7 +29,7 @@ HUGE = 60_000       # bytes of a huge field: big enough to cross buffers, small 
 @pytest.fixture(scope="module")
 def fuzzed_gateway(tmp_path_factory):
     app = create_app({"DATA_DIR": str(tmp_path_factory.mktemp("fuzz")), "TESTING": True,
-                      "RATE_LIMIT": "1000000 per minute"})
+                      "RATE_LIMIT": "1000000 per minute", "TOKEN_LIFETIME_SECONDS": 3600})
     register(app, "fuzz-admin", "admin")
     with served(app) as base:
         yield app, base, http_token(base, "fuzz-admin")
