@@ -10,9 +10,9 @@ route (HL7 over HTTP or MLLP, documents, FHIR create/update/conditional/transact
   organization's record can neither be matched, updated nor made ambiguous (no "2 matches" dead end);
 * *changing* a stored resource (:func:`before_write`) is for its owner, with three deliberate
   exceptions that keep the owner: operators (admin FHIR writes; an admin's HL7 replay acts for the
-  original sender, MSH-4, and is no exception), an organization a resource was routed to (the
-  prescription center updating an order's status), and a pharmacy's dispense moving an order to its
-  next status (status only, ``DISPENSERS``);
+  original sender, MSH-4, and is no exception); and, changing the status and nothing else, the
+  organization a resource was routed to (the prescription center) and a pharmacy's dispense
+  completing the order it fills (``DISPENSERS``: clients registered with the pharmacy role);
 * *claiming*: an identifier of a clinical record (an order number, a dispense or report id) belongs
   to the organization whose record carries it; another organization's record may not carry it too
   (:class:`OwnershipConflict`: HL7 AE, FHIR 409). Shared copies (:data:`PER_ORGANIZATION_COPIES`:
@@ -33,6 +33,7 @@ knows about tokens or roles:
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -277,6 +278,10 @@ def before_write(conn, letter: str, resource: dict, existing: dict | None) -> No
     if existing is not None and not _may_change(conn, letter, resource, existing, owner):
         raise AccessDenied(f"{resource_type}/{resource['id']} belongs to {owner or 'the gateway'}: a record is "
                            f"changed only by the organization that sent it; nothing was stored")
+    hidden = hidden_references(conn, resource) if letter != "d" else []
+    if hidden:
+        raise AccessDenied(f"{resource_type}.{hidden[0][0]} references {hidden[0][1]}, a record this client "
+                           "may not see: a record links only to what its writer may read; nothing was stored")
     claimed = organizations_of(resource) - {owner}
     if claimed:
         raise AccessDenied(f"meta.tag claims organization(s) {', '.join(sorted(claimed))}; "
@@ -295,11 +300,48 @@ def _may_change(conn, letter: str, resource: dict, existing: dict, owner: str | 
         return True                          # an operator, or the gateway itself (no caller)
     if owner is not None and owner == writer:
         return True
+    if letter != "u" or _content(resource, "status") != _content(existing, "status"):
+        return False                         # the exceptions below move a status, nothing else
     scope = _scope.get()
     if scope is not None and scope.routed is not None and _routed_to(conn, scope.organization, scope, existing):
         return True                          # the prescription center updating an order routed to it
-    return (letter == "u" and resource["resourceType"] in _dispensed_by(writer)
-            and _content(resource, "status") == _content(existing, "status"))
+    return resource["resourceType"] in _dispensed_by(writer)
+
+
+def hidden_references(conn, resource: dict) -> list[tuple[str, str]]:
+    """(element, Type/id) of the literal references a client's write makes to stored records it may
+    not see (reads restricted by a scope: FHIR clients). A reference to nothing stored is not judged."""
+    scope = _scope.get()
+    if scope is None:
+        return []
+    r = schema.resources
+    hidden = []
+    for element, reference in _literal_references(resource, ""):
+        target_type, target_id = reference.split("/")[:2]
+        if target_type == resource["resourceType"] and target_id == resource.get("id"):
+            continue
+        visible = visible_condition(r.c.res_type, r.c.res_id, target_type)
+        row = conn.execute(select(r.c.res_id, visible.label("visible")).where(
+            r.c.res_type == target_type, r.c.res_id == target_id, r.c.deleted.is_(False))).first()
+        if row is not None and not row.visible:
+            hidden.append((element, reference))
+    return hidden
+
+
+_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
+
+
+def _literal_references(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        reference = node.get("reference")
+        if isinstance(reference, str) and _REFERENCE.match(reference):
+            yield path or "reference", reference
+        for key, value in node.items():
+            if isinstance(value, (dict, list)) and key not in ("meta", "contained"):
+                yield from _literal_references(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _literal_references(item, path)
 
 
 def _content(resource: dict, *ignored: str) -> dict:

@@ -123,8 +123,15 @@ def test_a_s_conditional_put_on_b_s_order_number_is_409_and_b_is_never_dead_ende
     b_order = _order(client, "HMU-RX-0001")
     before = owned_by(gateway, HMU)
     hmu_placer = "https://lecheng-fhir-gateway.org/fhir/sid/HMU_HIS/placer"
-    claim = {**{k: v for k, v in b_order.items() if k not in ("id", "meta")}, "priority": "stat"}
-    response = boao.put(f"/fhir/MedicationRequest?identifier={hmu_placer}|HMU-RX-0001", json=claim,
+    claim = {**{k: v for k, v in b_order.items() if k not in ("id", "meta", "encounter")},
+             "priority": "stat"}
+    url = f"/fhir/MedicationRequest?identifier={hmu_placer}|HMU-RX-0001"
+    # as in the issue, with B's Patient as subject: a record A may not see is not linked to (403)
+    response = boao.put(url, json=claim, content_type="application/fhir+json")
+    assert response.status_code == 403, response.get_json()
+    assert "may not see" in response.get_json()["issue"][0]["diagnostics"]
+    # with a subject of its own: B's order number is B's (409)
+    response = boao.put(url, json={**claim, "subject": {"display": "A's patient"}, "requester": {"display": "A's doctor"}},
                         content_type="application/fhir+json")
     assert response.status_code == 409, response.get_json()
     outcome = response.get_json()
@@ -214,7 +221,9 @@ def _fhir_attacks(order: dict) -> list[tuple[str, str, str, dict | None, tuple[i
     """(what, method, path, body, statuses it may get): every FHIR write route at A's order."""
     changed = {**order, "status": "cancelled"}
     changed.pop("meta")
-    new = {k: v for k, v in changed.items() if k != "id"}
+    linked = {k: v for k, v in changed.items() if k != "id"}            # naming A's patient and doctor
+    new = {k: v for k, v in linked.items() if k != "encounter"} | {"subject": {"display": "B's patient"},
+                                                                    "requester": {"display": "B's doctor"}}
     placer = f"{PLACER}|BSH-RX-0001"
     entry_put = {"resource": changed, "request": {"method": "PUT", "url": f"MedicationRequest/{order['id']}"}}
     entry_cond = {"resource": new, "request": {"method": "PUT", "url": f"MedicationRequest?identifier={placer}"}}
@@ -222,6 +231,9 @@ def _fhir_attacks(order: dict) -> list[tuple[str, str, str, dict | None, tuple[i
     entry_delete = {"request": {"method": "DELETE", "url": f"MedicationRequest/{order['id']}"}}
     return [
         ("create with A's order number", "POST", "/fhir/MedicationRequest", new, (409,)),
+        ("create linked to A's patient", "POST", "/fhir/MedicationRequest",
+         linked | {"identifier": [{**i, "system": i["system"].replace("BOAO", "HMU"), "value": "HMU-" + i["value"]}
+                                  for i in order["identifier"]]}, (403,)),
         ("update", "PUT", f"/fhir/MedicationRequest/{order['id']}", changed, (403,)),
         ("conditional update", "PUT", f"/fhir/MedicationRequest?identifier={placer}", new, (409,)),
         ("delete", "DELETE", f"/fhir/MedicationRequest/{order['id']}", None, (403,)),
@@ -236,7 +248,7 @@ def _fhir_attacks(order: dict) -> list[tuple[str, str, str, dict | None, tuple[i
     ]
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(9))
 def test_every_fhir_write_route_at_a_s_order_is_refused_and_changes_nothing(victim, hmu, client, gateway, index):
     order = _order(client)
     what, method, path, body, statuses = _fhir_attacks(order)[index]
