@@ -8,8 +8,8 @@ route (HL7 over HTTP or MLLP, documents, FHIR create/update/conditional/transact
 * *matching* (identifiers of an inbound message, conditional writes, logical references, waiting
   references) only considers what the writer may see (:func:`matchable_conditions`), so another
   organization's record can neither be matched, updated nor made ambiguous (no "2 matches" dead end);
-* *changing* a stored resource (:func:`before_write`) is for its owner, with three deliberate
-  exceptions that keep the owner: operators (admin FHIR writes; an admin's HL7 replay acts for the
+* *changing* a stored resource (:func:`before_write`) is for its owner, with deliberate exceptions
+  that keep the owner: operators (admin FHIR writes; an admin's HL7 replay acts for the
   original sender, MSH-4, and is no exception); and, changing the status and nothing else, the
   organization a resource was routed to (the prescription center) and a pharmacy's dispense
   completing the order it fills (``DISPENSERS``: clients registered with the pharmacy role);
@@ -19,7 +19,12 @@ route (HL7 over HTTP or MLLP, documents, FHIR create/update/conditional/transact
   Patient, Organization, Practitioner, Medication, Device...) are kept per organization instead:
   each sender gets its own, matched within its organization, and a Patient seen by several
   organizations is linked by national ID (``gateway/store/persons.py``);
+* *linking*: a client's write may not reference a stored record it cannot see (403);
 * writing a version never widens who may read it: the tag is the owner's, not the writer's.
+
+Known limit: an organization can still claim a clinical identifier *before* its rightful owner
+first sends it (guessing another hospital's next order number and namespace); binding identifier
+namespaces (ORC-2.2) to organizations would close that.
 
 **Context.** Context variables carry the caller for the current request or message; nothing here
 knows about tokens or roles:
@@ -53,7 +58,7 @@ PER_ORGANIZATION_COPIES = frozenset({"Patient", "Person", "Organization", "Pract
 # the gateway's own records (owner NULL): regulators and admins read them, no organization writes them
 GATEWAY_OWNED = frozenset({"Person"})
 # a pharmacy's dispense moves the order it fills to its next status, and nothing else
-DISPENSERS = {"pharmacy": frozenset({"MedicationRequest"})}
+DISPENSERS = {"pharmacy": {"MedicationRequest": frozenset({"completed"})}}
 
 # (organization, res_type) -> a SELECT of res_id routed to that organization (routing's outbox)
 RoutedQuery = Callable[[str, str], Any]
@@ -214,16 +219,19 @@ def visible_conditions(res_type_col, res_id_col, resource_type: str | None = Non
     return [] if condition is None else [condition]
 
 
-def matchable_conditions(res_type_col, res_id_col, resource_type: str | None = None) -> list:
+def matchable_conditions(res_type_col, res_id_col, resource_type: str | None = None,
+                         purpose: str = "change") -> list:
     """What a write may match by identifier or search (conditional writes, an inbound message's
     identifiers, logical references): what the writer may see; for a message, what its sending
-    organization owns (a pharmacy's dispense also finds the orders it fills). Empty = anything."""
+    organization owns. A pharmacy's dispense also finds the orders it fills, to reference them
+    (``purpose`` "reference") or move their status ("status"), never to change them otherwise
+    ("change"). Empty = anything."""
     if _scope.get() is not None:
         return visible_conditions(res_type_col, res_id_col, resource_type)
     sender = _sender.get()
     if _operator.get() or sender is None:
         return []
-    if resource_type is not None and resource_type in _dispensed_by(sender):
+    if purpose != "change" and resource_type is not None and resource_type in _dispensed_by(sender):
         return []
     return [_owned_by(sender, res_type_col, res_id_col)]
 
@@ -250,22 +258,27 @@ def _routed_to(conn, organization: str, scope: AccessScope, resource: dict) -> b
     return bool(conn.execute(select(exists(query.where(query.selected_columns[0] == resource["id"])))).scalar())
 
 
-def _dispensed_by(organization: str | None) -> frozenset[str]:
-    """Resource types whose status ``organization``'s dispenses move (its clients' roles)."""
+def _dispensed_by(organization: str | None) -> dict[str, frozenset[str]]:
+    """Resource type -> the statuses ``organization``'s dispenses may move it to (its clients' roles)."""
     lookup = _roles.get()
     if organization is None or lookup is None:
-        return frozenset()
-    types: set[str] = set()
+        return {}
+    moves: dict[str, frozenset[str]] = {}
     for role in lookup(organization) or ():
-        types |= DISPENSERS.get(role, frozenset())
-    return frozenset(types)
+        for resource_type, statuses in DISPENSERS.get(role, {}).items():
+            moves[resource_type] = moves.get(resource_type, frozenset()) | statuses
+    return moves
 
 
 # ------------------------------------------------------------------ writes
 
-def before_write(conn, letter: str, resource: dict, existing: dict | None) -> None:
+_UNKNOWN = object()
+
+
+def before_write(conn, letter: str, resource: dict, existing: dict | None, owner: Any = _UNKNOWN) -> None:
     """Check a write against ownership and the scope, and tag the owner; raises AccessDenied or
-    OwnershipConflict (both StoreErrors: 403, 409). ``letter`` c/u/d; ``existing`` the current version."""
+    OwnershipConflict (both StoreErrors: 403, 409). ``letter`` c/u/d; ``existing`` the current
+    version and ``owner`` its stored owner, when the caller has read it already."""
     from gateway.store.resources import AccessDenied, OwnershipConflict  # resources imports this module
     scope = _scope.get()
     resource_type = resource["resourceType"]
@@ -274,7 +287,10 @@ def before_write(conn, letter: str, resource: dict, existing: dict | None) -> No
     if resource_type in GATEWAY_OWNED and not _operator.get() and _writer() is not None:
         raise AccessDenied(f"{resource_type} records are the gateway's own (links between organizations' "
                            "records); no client writes them")
-    owner = owner_of(conn, resource_type, resource["id"]) if existing is not None else owner_for_new(resource)
+    if existing is None:
+        owner = owner_for_new(resource)
+    elif owner is _UNKNOWN:
+        owner = owner_of(conn, resource_type, resource["id"])
     if existing is not None and not _may_change(conn, letter, resource, existing, owner):
         raise AccessDenied(f"{resource_type}/{resource['id']} belongs to {owner or 'the gateway'}: a record is "
                            f"changed only by the organization that sent it; nothing was stored")
@@ -305,7 +321,7 @@ def _may_change(conn, letter: str, resource: dict, existing: dict, owner: str | 
     scope = _scope.get()
     if scope is not None and scope.routed is not None and _routed_to(conn, scope.organization, scope, existing):
         return True                          # the prescription center updating an order routed to it
-    return resource["resourceType"] in _dispensed_by(writer)
+    return resource.get("status") in _dispensed_by(writer).get(resource["resourceType"], ())
 
 
 def hidden_references(conn, resource: dict) -> list[tuple[str, str]]:

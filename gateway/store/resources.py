@@ -105,7 +105,7 @@ class StoreTransaction:
         return resource if access.is_visible(self.conn, resource) else None      # batch reads, conditional writes
 
     def find_by_identifier(self, resource_type: str, tokens: list[tuple[str, str]],
-                           param: str = "identifier") -> list[dict]:
+                           param: str = "identifier", purpose: str = "change") -> list[dict]:
         """Current resources carrying any of the (system, value) identifiers, among those the writer
         may match (its organization's: gateway/store/access.py)."""
         if not tokens:
@@ -116,7 +116,7 @@ class StoreTransaction:
         r = schema.resources
         rows = self.conn.execute(select(r.c.content).where(
             r.c.res_type == resource_type, r.c.res_id.in_(ids), r.c.deleted.is_(False),
-            *access.matchable_conditions(r.c.res_type, r.c.res_id, resource_type))).all()
+            *access.matchable_conditions(r.c.res_type, r.c.res_id, resource_type, purpose))).all()
         return [_load(r.content) for r in rows]
 
     def create(self, resource: dict) -> dict:
@@ -128,14 +128,17 @@ class StoreTransaction:
     def update(self, resource: dict, expected_version: str | None = None) -> dict:
         """A new version; creates the resource (version 1) when the id is new (FHIR update-as-create)."""
         row = self.conn.execute(select(schema.resources.c.version_id, schema.resources.c.content,
-                                       schema.resources.c.deleted).where(
+                                       schema.resources.c.deleted, schema.resources.c.owner).where(
             schema.resources.c.res_type == resource["resourceType"],
             schema.resources.c.res_id == resource["id"])).first()
         if expected_version is not None and (row is None or str(row.version_id) != str(expected_version)):
             raise VersionConflict(f"{resource['resourceType']}/{resource['id']} is not at version {expected_version}")
         resource = dict(resource)
         existing = _load(row.content) if row is not None and not row.deleted else None
-        access.before_write(self.conn, "u" if existing is not None else "c", resource, existing)
+        if existing is not None:
+            access.before_write(self.conn, "u", resource, existing, row.owner)
+        else:
+            access.before_write(self.conn, "c", resource, None)
         if row is None:
             return self._linked(self._write(resource, 1, "PUT", insert_current=True))
         return self._linked(self._write(resource, row.version_id + 1, "PUT", insert_current=False))
@@ -170,13 +173,13 @@ class StoreTransaction:
     def delete(self, resource_type: str, resource_id: str, expected_version: str | None = None) -> int | None:
         """Soft delete: a history entry marked deleted; the indexes go. Returns the new version or None."""
         row = self.conn.execute(select(schema.resources.c.version_id, schema.resources.c.content,
-                                       schema.resources.c.deleted).where(
+                                       schema.resources.c.deleted, schema.resources.c.owner).where(
             schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id)).first()
         if expected_version is not None and (row is None or str(row.version_id) != str(expected_version)):
             raise VersionConflict(f"{resource_type}/{resource_id} is not at version {expected_version}")
         if row is None or row.deleted:
             return None
-        access.before_write(self.conn, "d", _load(row.content), _load(row.content))
+        access.before_write(self.conn, "d", _load(row.content), _load(row.content), row.owner)
         version = row.version_id + 1
         stamp = now_instant()
         self.conn.execute(update(schema.resources).where(

@@ -108,7 +108,8 @@ def _checked(mapped: MappedLike, resource: dict, result: UpsertResult, check: Ch
 
 def _apply_one(tx: StoreTransaction, mapped: MappedLike, resource: dict,
                result: UpsertResult, check: Check | None) -> tuple[dict | None, str]:
-    matches = tx.find_by_identifier(mapped.type, mapped.identity) if mapped.identity else []
+    purpose = "status" if mapped.status_only else "change"     # what the sender may match (access.py)
+    matches = tx.find_by_identifier(mapped.type, mapped.identity, purpose=purpose) if mapped.identity else []
     lifecycle = mapped.lifecycle or {}
     label = f"{mapped.type} {', '.join(v for _s, v in mapped.identity) or mapped.key}"
     if len({m["id"] for m in matches}) > 1:
@@ -302,6 +303,6 @@ def _resolve_identifier(tx: StoreTransaction, identifier: dict, resource_type: s
         conditions.append(t.c.res_type == resource_type)
     # only what the sender may match: another organization's record is neither linked nor revealed
     conditions += access.matchable_conditions(t.c.res_type, t.c.res_id,
-                                              resource_type if isinstance(resource_type, str) else None)
+                                              resource_type if isinstance(resource_type, str) else None, "reference")
     rows = tx.conn.execute(select(t.c.res_type, t.c.res_id).where(*conditions).distinct()).all()
     return f"{rows[0].res_type}/{rows[0].res_id}" if len(rows) == 1 else None
