@@ -770,6 +770,8 @@ def load_mappings(directory: str | Path, files: list[Path] | None = None,
     if terminology is not None:
         for spec in specs + partial:
             problems.extend(terminology_problems(spec, terminology))
+        problems.extend(f"code_systems.yaml: alias '{alias}' names '{name}', which is not under coding_systems"
+                        for alias, name in terminology.aliases.items() if name not in terminology.coding_systems)
     problems.sort(key=_file_and_line)
     claimed: dict[str, str] = {}
     for spec in specs:

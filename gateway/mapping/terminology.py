@@ -15,6 +15,13 @@ from gateway.yamlfile import load_yaml
 _HL7_TABLE = re.compile(r"^HL7(\d{4})$")
 V2_TABLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-{}"
 _MEMO_LIMIT = 4096
+_ALIAS_NOISE = re.compile(r"[\s_\-.]+")
+
+
+def alias_key(name: str) -> str:
+    """How an alias is matched: case, spaces, hyphens, underscores and dots aside
+    (``SNOMED CT``, ``snomed-ct`` and ``SNOMEDCT`` are one name)."""
+    return _ALIAS_NOISE.sub("", name).upper()
 
 
 @dataclass
@@ -25,6 +32,7 @@ class Terminology:
     identifier_authorities: dict[str, str]
     identifier_kinds: dict[str, str]
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)     # alias_key(alias) -> a coding_systems name
     _identifier_systems: dict[tuple[str, str, str, str], str | None] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
@@ -40,6 +48,7 @@ class Terminology:
             identifier_authorities=systems.get("identifier_authorities") or {},
             identifier_kinds=systems.get("identifier_kinds") or {},
             tables={str(k): v for k, v in (tables or {}).items()},
+            aliases={alias_key(str(alias)): str(name) for alias, name in (systems.get("aliases") or {}).items()},
         )
 
     def coding_system(self, name: str) -> tuple[str, bool]:
@@ -47,6 +56,11 @@ class Terminology:
         uri = self.coding_systems.get(name)
         if uri:
             return uri, True
+        canonical = self.aliases.get(alias_key(name)) if name else None    # MedDRA -> MDR, LOINC -> LN
+        if canonical:
+            uri = self.coding_systems.get(canonical)
+            if uri:
+                return uri, True
         match = _HL7_TABLE.match(name)
         if match:
             return V2_TABLE_SYSTEM.format(match.group(1)), True
