@@ -385,8 +385,8 @@ class MappingSpec:
                 raise MappingError(f"{where}: {current.path} is a single element (0..1 in R4): write '{name}:', "
                                    f"not '{name}[]:'")
             if not last and current.repeats and index is None:
-                raise MappingError(f"{where}: {current.path} repeats (0..* in R4): say which item, "
-                                   f"'{name}[0]'")
+                raise MappingError(f"{where}: {current.path} repeats (0..* in R4): write '{name}[0]' for one "
+                                   f"item, or '{name}[]:' with for_each for one per group")
         return current
 
     def segments_read(self) -> set[str]:

@@ -75,7 +75,8 @@ def test_a_list_converter_into_a_single_identifier_gives_that_identifier():
     ("identifer", "adr_test.yaml: resource 'event', element 'identifer': 'AdverseEvent.identifer' is not an "
                   "element of R4 AdverseEvent (did you mean 'identifier'?)"),
     ("suspectEntity.instance", "adr_test.yaml: resource 'event', element 'suspectEntity.instance': "
-                               "AdverseEvent.suspectEntity repeats (0..* in R4): say which item, 'suspectEntity[0]'"),
+                               "AdverseEvent.suspectEntity repeats (0..* in R4): write 'suspectEntity[0]' for one item, "
+                               "or 'suspectEntity[]:' with for_each for one per group"),
 ])
 def test_a_path_r4_does_not_allow_is_refused_when_the_file_loads(row, message):
     with pytest.raises(MappingError) as refused:
