@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -31,19 +33,57 @@ def _refuse_public_bind(host: str, config: dict | None = None) -> bool:
     return True
 
 
+def _unconfigured_routes(overrides: dict) -> None:
+    """A process started with no routes configured routes nothing, and says so once. The repository's
+    routes.yaml is a sample (``fhir-gateway demo`` and the tests use it): its destinations on
+    127.0.0.1:9101-9103 exist only while ``demo`` runs, so serving it by default queued deliveries that
+    failed every few seconds. Set GATEWAY_ROUTES_FILE (or ROUTES_FILE in the TOML file) to route."""
+    configured = "GATEWAY_ROUTES_FILE" in os.environ or "ROUTES_FILE" in overrides
+    if not configured and os.environ.get("GATEWAY_CONFIG"):
+        import tomllib
+        with open(os.environ["GATEWAY_CONFIG"], "rb") as fh:
+            configured = any(key.upper() == "ROUTES_FILE" for key in tomllib.load(fh))
+    if not configured:
+        overrides["ROUTES_FILE"] = ""
+        print("routing: no routes configured (GATEWAY_ROUTES_FILE), so stored resources are delivered nowhere; "
+              "routes.yaml in the repository is a sample to start from (README \"Routing\")", flush=True)
+
+
+def _cannot_listen(what: str, host: str, port: int, exc: OSError) -> int:
+    print(f"error: cannot listen for {what} on {host}:{port}: {exc.strerror or exc}. Is another gateway running "
+          f"there? Stop it, or choose another port (--port / --mllp-port, GATEWAY_PORT / GATEWAY_MLLP_PORT). "
+          "Nothing was changed.", file=sys.stderr)
+    return 2
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from waitress import serve
+    from waitress.server import create_server
 
     from gateway import create_app
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port), ("DATA_DIR", args.data_dir)) if v}
+    _unconfigured_routes(overrides)
     app = create_app(overrides)
     host, port = app.config["HOST"], int(app.config["PORT"])
     if _refuse_public_bind(host, app.config):
         return 2
-    from gateway.security.cli import announce_demo_client
-    announce_demo_client(app)
+    # bind both ports before anything is announced or changed: a second `serve` on a busy port stops
+    # here, leaving the running gateway's demo secret and files alone
+    try:
+        # waitress refuses bodies over the limit itself, before buffering them (Flask would only after)
+        server = create_server(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway",
+                               max_request_body_size=int(app.config["MAX_MESSAGE_BYTES"]))
+    except OSError as exc:
+        return _cannot_listen("HTTP", host, port, exc)
     listener = None
     mllp_port = int(args.mllp_port if args.mllp_port is not None else app.config["MLLP_PORT"] or 0)
+    if mllp_port:
+        try:
+            socket.create_server((host, mllp_port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+        except OSError as exc:
+            server.close()
+            return _cannot_listen("MLLP", host, mllp_port, exc)
+    from gateway.security.cli import announce_demo_client
+    announce_demo_client(app)           # before MLLP admits connections: the demo client is bound to loopback
     if mllp_port:
         from gateway.ingest.mllp_handler import mllp_server
         from gateway.security.mllp_binding import MllpBinding, tls_context
@@ -61,9 +101,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         gateway = app.extensions["gateway"]
         workers = make_workers(gateway.config, gateway.store.engine, gateway.routes).start()
     try:
-        # waitress refuses bodies over the limit itself, before buffering them (Flask would only after)
-        serve(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway",
-              max_request_body_size=int(app.config["MAX_MESSAGE_BYTES"]))
+        server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         recovery.stop()
         if listener is not None:
@@ -76,20 +116,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_mllp(args: argparse.Namespace) -> int:
     """Run the MLLP listener alone (HIS interface engines speak MLLP over TCP)."""
     from gateway.ingest.mllp_handler import mllp_server
-    gw = _gateway(args)
+    from gateway.runtime import Gateway
+    overrides = {"DATA_DIR": args.data_dir} if getattr(args, "data_dir", None) else {}
+    _unconfigured_routes(overrides)
+    gw = Gateway.from_config(load_config(overrides))
     host = args.host or gw.config["HOST"]
-    if _refuse_public_bind(host):
+    if _refuse_public_bind(host, gw.config):
         return 2
     from gateway.security import Security
     from gateway.security.mllp_binding import MllpBinding, tls_context
-    server = mllp_server(gw.pipeline, host, int(args.port or gw.config["MLLP_PORT"] or 2575),
+    port = int(args.port or gw.config["MLLP_PORT"] or 2575)
+    server = mllp_server(gw.pipeline, host, port,
                          MllpBinding(Security.from_config(gw.config, gw.store.engine)), tls_context(gw.config))
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:
+        return _cannot_listen("MLLP", host, port, exc)
     host, port = server.address
     print(f"Lecheng FHIR gateway MLLP listener on {host}:{port}", flush=True)
     from gateway.ingest.replay import RecoverySweep
     RecoverySweep(gw, float(gw.config["RECOVER_AFTER_SECONDS"])).start()
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
     return 0
 
 
@@ -181,17 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP server (FHIR API and HL7 v2 ingest)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--threads", default=8)
-    serve.add_argument("--mllp-port", type=int, help="also run the MLLP listener on this port (GATEWAY_MLLP_PORT)")
+    serve.add_argument("--host", help="address to listen on (GATEWAY_HOST, default 127.0.0.1; beyond loopback "
+                                      "only with GATEWAY_ENVIRONMENT=production)")
+    serve.add_argument("--port", type=int, help="HTTP port (GATEWAY_PORT, default 8080)")
+    serve.add_argument("--threads", type=int, default=8, help="HTTP worker threads (default 8)")
+    serve.add_argument("--mllp-port", type=int, help="also run the MLLP listener on this port (GATEWAY_MLLP_PORT; "
+                                                     "default: no MLLP listener)")
     serve.add_argument("--no-workers", action="store_true",
                        help="do not deliver routed resources from this process (run `fhir-gateway worker` instead)")
     serve.set_defaults(func=cmd_serve)
 
     mllp = sub.add_parser("mllp", help="run the MLLP listener (HL7 v2 over TCP)")
-    mllp.add_argument("--host")
-    mllp.add_argument("--port", type=int)
+    mllp.add_argument("--host", help="address to listen on (GATEWAY_HOST, default 127.0.0.1)")
+    mllp.add_argument("--port", type=int, help="MLLP port (GATEWAY_MLLP_PORT, default 2575)")
     mllp.set_defaults(func=cmd_mllp)
 
     convert = sub.add_parser("convert", help="print the FHIR Bundle a message or hospital export maps to "
@@ -217,7 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_message_parsers(sub)
     from gateway.mapping.commands import add_mapping_parsers
     add_mapping_parsers(sub)
+    _data_dir_everywhere(sub)
     return parser
+
+
+def _data_dir_everywhere(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
+    """``--data-dir`` is also taken after the subcommand (``fhir-gateway serve --data-dir /srv/gw``)."""
+    for parser in {id(p): p for p in sub.choices.values()}.values():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            _data_dir_everywhere(nested[0])
+            continue
+        if not any("--data-dir" in a.option_strings for a in parser._actions):
+            parser.add_argument("--data-dir", default=argparse.SUPPRESS,
+                                help="data directory (GATEWAY_DATA_DIR, default ./var)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gateway.mapping.engine import MappingError
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()          # inside the try: a closed pipe shows here for short outputs
+        return status
+    except BrokenPipeError:
+        # the reader went away (`fhir-gateway deliveries list | head`): stop quietly, as cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except MappingError as exc:        # a broken mapping file: the gateway does not start (file:line each)
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)

@@ -33,6 +33,29 @@ _SAME_SENDER = select(
 _BY_ID = select(message_log).where(message_log.c.id == bindparam("log_id"))
 
 
+_FRAMING = b"\x0b\x1c\r\n\t "
+_BOM = b"\xef\xbb\xbf"
+
+
+def content_digest(raw: bytes) -> str:
+    """SHA-256 of a message as HL7 reads it, so a resend is recognised however it was framed.
+
+    Senders frame the same message differently from one try to the next: python-hl7's
+    ``mllp_send --loose`` turns line ends into ``\\r`` and drops the last one, a file POSTed with curl
+    keeps its ``\\r\\n``, interface engines add or drop the trailing segment terminator or leave the
+    MLLP start byte in. None of that is content: leading and trailing framing (MLLP bytes, blanks,
+    line ends, a UTF-8 byte order mark) is dropped and segment terminators are written as ``\\r``
+    (``\\r\\n`` always; a lone ``\\n`` only in a message with no ``\\r``, as the parser reads it). No
+    byte inside a segment changes, and none of these bytes can end a GB18030 character."""
+    body = raw.strip(_FRAMING)
+    if body.startswith(_BOM):
+        body = body[len(_BOM):].strip(_FRAMING)
+    body = body.replace(b"\r\n", b"\r")
+    if b"\r" not in body:
+        body = body.replace(b"\n", b"\r")
+    return hashlib.sha256(body).hexdigest()
+
+
 @dataclass
 class LoggedMessage:
     id: int
@@ -69,7 +92,7 @@ class MessageLog:
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
             return conn.execute(_INSERT, {
                 "received_at": now_instant(), "transport": transport, "format": format, "raw": raw,
-                "content_sha256": hashlib.sha256(raw).hexdigest(), "status": "received",
+                "content_sha256": content_digest(raw), "status": "received",
                 "detail": orjson.dumps({"bound_to": bound}).decode() if bound else None}).inserted_primary_key[0]
 
     def identify(self, log_id: int, *, sender_application: str, sender_facility: str, control_id: str,

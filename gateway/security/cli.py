@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -86,15 +87,25 @@ def add_security_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def announce_demo_client(app, out=sys.stdout) -> str | None:
-    """Outside production: (re)make the demo admin client with a fresh secret and print how to use it.
+    """Outside production: the demo admin client and how to use it, printed.
 
-    Returns the secret (None in production, where no demo client exists and none is printed)."""
+    Its secret is kept (readable by this user only) in ``<DATA_DIR>/demo-client.secret`` and printed
+    again at the next start, so a restart does not stale the secret in the README commands a
+    newcomer is following; a missing or no-longer-valid one is replaced. Returns the secret (None in
+    production, where no demo client exists and none is printed)."""
     security = app.extensions["security"]
     if security.production:
         return None
-    _client, secret = security.clients.add(DEMO_CLIENT_ID, DEMO_ORGANIZATION, "admin", replace=True,
-                                           mllp_addresses=["127.0.0.1", "::1"],
-                                           description="demo client, remade at every start outside production")
+    kept = Path(app.config["DATA_DIR"]) / "demo-client.secret"
+    secret = kept.read_text(encoding="utf-8").strip() if kept.is_file() else ""
+    if not secret or security.clients.authenticate_secret(DEMO_CLIENT_ID, secret) is None:
+        _client, secret = security.clients.add(DEMO_CLIENT_ID, DEMO_ORGANIZATION, "admin", replace=True,
+                                               mllp_addresses=["127.0.0.1", "::1"],
+                                               description="demo client (development only)")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as fh:
+            fh.write(secret + "\n")
     root = f"http://{app.config['HOST']}:{app.config['PORT']}"
     print(f"Demo client (development only; GATEWAY_ENVIRONMENT=production turns it off): "
           f"client_id={DEMO_CLIENT_ID} client_secret={secret}\n"

@@ -15,6 +15,7 @@ from tests.routing.conftest import EPC_CLIENT, free_port, wait_until
 def test_serve_runs_delivery_workers(tmp_path, receivers, sample_routes_env):
     http_port, mllp_port = free_port(), free_port()
     env = {**os.environ, "GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_DELIVERY_POLL_MS": "50",
+           "GATEWAY_ROUTES_FILE": str(sample_routes_env),
            "PYTHONPATH": str(REPO_ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(http_port),
                                "--mllp-port", str(mllp_port)], env=env, cwd=tmp_path,
