@@ -288,27 +288,30 @@ def send_mllp(sock: socket.socket, mutant: Mutant, verdict: Verdict) -> None:
 
 def missing_log_rows(engine, verdict: Verdict) -> list[str]:
     """Log ids the answers named that have no row, or a row whose bytes are not what was sent."""
+    import hashlib
+
     from sqlalchemy import select
 
     from gateway.store.schema import message_log
     found: dict[int, str] = {}
     ids = list(verdict.log_ids)
-    with engine.connect() as conn:
+    with engine.connect() as conn:       # the raw bytes themselves (content_sha256 ignores framing)
         for start in range(0, len(ids), 500):
-            rows = conn.execute(select(message_log.c.id, message_log.c.content_sha256)
+            rows = conn.execute(select(message_log.c.id, message_log.c.raw)
                                 .where(message_log.c.id.in_(ids[start:start + 500]))).all()
-            found.update({row.id: row.content_sha256 for row in rows})
+            found.update({row.id: hashlib.sha256(row.raw).hexdigest() for row in rows})
     return [f"log id {i}: " + ("no row" if i not in found else "the row holds other bytes")
             for i, sha in verdict.log_ids.items() if found.get(i) != sha]
 
 
 def logged_hashes(engine, transport: str) -> dict[str, int]:
     """sha256 -> number of rows, for every message the log holds from ``transport``."""
-    from sqlalchemy import func, select
+    import hashlib
+    from collections import Counter
+
+    from sqlalchemy import select
 
     from gateway.store.schema import message_log
-    with engine.connect() as conn:
-        rows = conn.execute(select(message_log.c.content_sha256, func.count())
-                            .where(message_log.c.transport == transport)
-                            .group_by(message_log.c.content_sha256)).all()
-    return {row[0]: row[1] for row in rows}
+    with engine.connect() as conn:       # the raw bytes themselves (content_sha256 ignores framing)
+        rows = conn.execute(select(message_log.c.raw).where(message_log.c.transport == transport)).all()
+    return dict(Counter(hashlib.sha256(row.raw).hexdigest() for row in rows))
