@@ -3,7 +3,9 @@
 Hooks run in this order (Flask keeps registration order):
 
 1. ``guard_body``: oversized bodies (413), XML with a DTD or entity declarations, JSON nested deeper
-   than ``MAX_JSON_DEPTH`` (400), before anything parses them;
+   than ``MAX_JSON_DEPTH`` (400), before anything parses them, whatever Content-Type the body claims
+   (XML and JSON are recognised by their first byte too); a refused body from a caller the endpoint
+   admits is logged raw in the message log (``X-Message-Log-Id``, linked from the AuditEvent);
 2. ``authenticate``: the bearer token, if any, becomes ``g.principal``;
 3. Flask-Limiter: per client (per source address without a token); 429 when over;
 4. ``authorize``: :func:`gateway.security.policy.authorize` on the endpoint and method; the
