@@ -9,12 +9,13 @@ from lxml import etree
 
 from conformance.runner import CaseResult, Exchange, KitReport
 
-STATUS_LABEL = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIPPED"}
+STATUS_LABEL = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIPPED", "warn": "WARNING"}
+CHECK_LABEL = {"pass": "passed", "fail": "FAILED", "warn": "warning", "skip": "not run"}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#222;max-width:75rem}
 h1{font-size:1.5rem} table.summary{border-collapse:collapse;margin:1rem 0}
 table.summary td,table.summary th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}
-.pass{color:#11692b;font-weight:bold}.fail,.error{color:#b00020;font-weight:bold}.skip{color:#8a6d00;font-weight:bold}
+.pass{color:#11692b;font-weight:bold}.warn{color:#8a4b00;font-weight:bold}.fail,.error{color:#b00020;font-weight:bold}.skip{color:#8a6d00;font-weight:bold}
 section.case{border:1px solid #ddd;border-radius:6px;padding:.5rem 1rem;margin:1rem 0}
 section.case.fail,section.case.error{border-color:#b00020;font-weight:normal;color:#222}
 section.case.pass,section.case.skip{font-weight:normal;color:#222}
@@ -43,6 +44,16 @@ def _exchange_html(number: int, exchange: Exchange) -> str:
             f"{html.escape(exchange.response_body)}</pre></details>")
 
 
+def _relevant_exchanges(result: CaseResult, limit: int = 40) -> list[tuple[int, Exchange]]:
+    """The exchanges a failure message names (else the first ones), so a vendor sees what went wrong
+    without scrolling through hundreds of passing requests."""
+    messages = " ".join(c.message for c in result.checks if c.status in ("fail", "warn")) + " " + result.message
+    numbered = list(enumerate(result.exchanges, 1))
+    named = [(i, e) for i, e in numbered
+             if e.url.split("?")[0].rsplit("/", 2)[-1] in messages or (e.status or 0) >= 500]
+    return (named or numbered)[:limit]
+
+
 def _case_html(result: CaseResult) -> str:
     parts = [f'<section class="case {result.status}" id="case-{html.escape(result.id)}" '
              f'data-case-id="{html.escape(result.id)}" data-status="{result.status}">',
@@ -53,12 +64,28 @@ def _case_html(result: CaseResult) -> str:
         parts.append(f'<p class="why">Why: {html.escape(result.why)}</p>')
     if result.message:
         parts.append(f'<p class="message">{html.escape(result.message)}</p>')
+    if result.checks:
+        counts = {k: sum(c.status == k for c in result.checks) for k in CHECK_LABEL}
+        parts.append("<p>" + ", ".join(f"{n} {CHECK_LABEL[k]}" for k, n in counts.items() if n) + " of "
+                     f"{len(result.checks)} checks.</p>")
+        shown = [c for c in result.checks if c.status != "pass"]
+        if shown:
+            parts.append('<table class="summary checks"><thead><tr><th>Check</th><th>Result</th><th>Level</th>'
+                         "<th>What happened</th></tr></thead><tbody>" + "".join(
+                             f'<tr class="check" data-status="{c.status}"><td>{html.escape(c.name)}</td>'
+                             f'<td class="{c.status}">{CHECK_LABEL[c.status]}</td><td>{c.level}</td>'
+                             f"<td>{html.escape(c.message)}"
+                             + (f' (<a href="{html.escape(c.spec)}">spec</a>)' if c.spec else "") + "</td></tr>"
+                             for c in shown[:200]) + "</tbody></table>")
+        with_passed = "".join(f"<li>{html.escape(c.name)}</li>" for c in result.checks if c.status == "pass")
+        if with_passed:
+            parts.append(f"<details><summary>Checks passed</summary><ul>{with_passed}</ul></details>")
     if result.notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in result.notes) + "</ul>")
     parts.append(f"<p><small>case file conformance/cases/{html.escape(result.source)}, "
                  f"{result.duration:.2f} s</small></p>")
     if result.status in ("fail", "error"):
-        parts.extend(_exchange_html(i, e) for i, e in enumerate(result.exchanges, 1))
+        parts.extend(_exchange_html(i, e) for i, e in _relevant_exchanges(result))
     parts.append("</section>")
     return "".join(parts)
 
@@ -77,8 +104,14 @@ def render_html(report: KitReport) -> str:
         f"<p>FHIR base <code>{html.escape(report.fhir_base)}</code>; HL7 v2 endpoint "
         f"<code>{html.escape(report.hl7 or 'none given (HL7 cases skipped)')}</code>; run at "
         f"{html.escape(report.started)} in {report.duration:.1f} s.</p>"
-        f"<p>{len(report.passed)} passed, {len(report.failed)} failed, {len(report.skipped)} skipped "
-        f"of {len(report.results)} cases.</p>"
+        f"<p>{len(report.passed)} passed, {len(report.warned)} passed with warnings, {len(report.failed)} failed, "
+        f"{len(report.skipped)} skipped of {len(report.results)} cases; "
+        + ", ".join(f"{n} {CHECK_LABEL[k]}" for k, n in report.check_counts().items())
+        + " single checks.</p>"
+        "<p>How to read this: FAIL means the server breaks a rule the FHIR or HL7 specification states as SHALL "
+        "(must): fix it before go-live. WARNING means it does not follow a recommendation (SHOULD): clients "
+        "will cope, but it is worth fixing. SKIPPED means the case could not run here (the reason is given); it "
+        "is not a pass. Each case below says why it matters and links the section of the specification.</p>"
         "<table class=\"summary\"><thead><tr><th>Case</th><th>Result</th><th>What</th><th>Detail</th></tr>"
         f"</thead><tbody>{rows}</tbody></table>"
         + "".join(_case_html(r) for r in report.results) + "</body></html>")
@@ -99,6 +132,8 @@ def junit_xml(report: KitReport) -> bytes:
                                 time=f"{result.duration:.3f}")
         detail = f"{result.title}\nspec: {result.spec}\n" + "\n".join(
             f"{e.method} {e.url} -> {e.status}\n{e.response_body[:2000]}" for e in result.exchanges)
+        if result.status == "warn":
+            etree.SubElement(case, "system-out").text = "SHOULD not met: " + result.message
         if result.status == "fail":
             etree.SubElement(case, "failure", message=result.message).text = detail
         elif result.status == "error":

@@ -61,8 +61,20 @@ class Exchange:
 
 
 @dataclass
+class Check:
+    """One assertion inside a case. ``level`` is the spec's strength: a failed SHALL check fails the
+    case, a failed SHOULD check is a warning (``warn``) that does not fail the run."""
+    name: str
+    status: str                 # pass | fail | warn | skip
+    message: str = ""
+    level: str = "SHALL"
+    spec: str = ""
+
+
+@dataclass
 class CaseResult:
-    """The outcome of one case: ``pass``, ``fail``, ``skip`` (with the reason) or ``error``."""
+    """The outcome of one case: ``pass``, ``warn`` (only SHOULD checks failed), ``fail``, ``skip``
+    (with the reason) or ``error``; ``checks`` lists every single assertion made."""
     id: str
     title: str
     spec: str
@@ -73,6 +85,21 @@ class CaseResult:
     notes: list[str] = field(default_factory=list)
     duration: float = 0.0
     source: str = ""
+    checks: list[Check] = field(default_factory=list)
+    level: str = "SHALL"
+
+    def check(self, name: str, ok: bool, message: str = "", level: str | None = None, spec: str = "") -> bool:
+        """Record one assertion; a failure is ``fail`` at SHALL level and ``warn`` at SHOULD level."""
+        level = level or self.level
+        status = "pass" if ok else ("fail" if level == "SHALL" else "warn")
+        self.checks.append(Check(name, status, "" if ok else message, level, spec))
+        return ok
+
+    def skip_check(self, name: str, reason: str) -> None:
+        self.checks.append(Check(name, "skip", reason))
+
+    def failures(self, status: str = "fail") -> list[Check]:
+        return [c for c in self.checks if c.status == status]
 
 
 @dataclass
@@ -101,8 +128,21 @@ class KitReport:
         return self._ids("skip")
 
     @property
+    def warned(self) -> list[str]:
+        """Cases where only SHOULD checks failed: reported, not failing the run."""
+        return self._ids("warn")
+
+    @property
     def ok(self) -> bool:
         return not self.failed
+
+    def check_counts(self) -> dict[str, int]:
+        """How many single assertions passed, failed, warned and were skipped over the whole run."""
+        counts = {"pass": 0, "fail": 0, "warn": 0, "skip": 0}
+        for result in self.results:
+            for check in result.checks:
+                counts[check.status] += 1
+        return counts
 
     def result(self, case_id: str) -> CaseResult:
         return next(r for r in self.results if r.id == case_id)
@@ -221,6 +261,9 @@ class KitContext:
         self.session = requests.Session()
         self._capability: dict | None = None
         self._validator: Any = None
+        self.options: dict[str, Any] = {}       # --types, --fixtures, SMART client, --profiles claims
+        self.fixtures: Any = None               # conformance.generated.Fixtures, made on first use
+        self.capability_error: Exception | None = None
 
     # FHIR over HTTP --------------------------------------------------------------------------
     def url(self, path: str) -> str:
@@ -257,8 +300,8 @@ class KitContext:
         if self._capability is None:
             try:
                 _, document = self.fhir("GET", "metadata")
-            except requests.RequestException:
-                document = None
+            except requests.RequestException as exc:
+                document, self.capability_error = None, exc
             self._capability = document if isinstance(document, dict) else {}
         if self._capability.get("resourceType") != "CapabilityStatement":
             return None
@@ -274,6 +317,20 @@ class KitContext:
                     if entry.get("type"):
                         found[entry["type"]] = entry
         return found
+
+    def types(self) -> list[str]:
+        """The resource types under test: ``--types`` when given, else every type the
+        CapabilityStatement declares (the kit assumes none of its own)."""
+        declared = self.declared_resources()
+        wanted = self.options.get("types")
+        if wanted:
+            return [t for t in wanted if not declared or t in declared]
+        return sorted(declared)
+
+    def interactions(self, resource_type: str) -> set[str]:
+        """The interaction codes the CapabilityStatement claims for ``resource_type``."""
+        entry = self.declared_resources().get(resource_type) or {}
+        return {i.get("code") for i in entry.get("interaction", []) or [] if i.get("code")}
 
     # HL7 v2 ----------------------------------------------------------------------------------
     def send_hl7(self, raw: bytes) -> tuple[Exchange, str]:
@@ -456,11 +513,15 @@ def _run_setup(ctx: KitContext, case: dict, result: CaseResult) -> None:
 
 
 def _run_steps(ctx: KitContext, case: dict, result: CaseResult, variables: dict[str, Any]) -> None:
+    """Run the steps once (for one ``{type}``); each step is one check. A failed SHALL step stops
+    the remaining steps (they depend on it); a failed ``level: SHOULD`` step is a warning."""
+    prefix = f"{variables['type']}: " if variables.get("type") else ""
     for number, step in enumerate(case["steps"], 1):
         try:
             label = substitute(step.get("name", f"step {number}"), variables)
         except CaseFailed:
             label = step.get("name", f"step {number}")
+        level = step.get("level") or result.level
         try:
             if "hl7" in step:
                 sent = ctx.sample(step["hl7"]["sample"])
@@ -470,6 +531,7 @@ def _run_steps(ctx: KitContext, case: dict, result: CaseResult, variables: dict[
                     raise CaseFailed(f"HTTP status {exchange.status} from the HL7 endpoint")
                 check_ack(step.get("expect", {}), sent, ack, variables)
                 variables.update(capture_values(step.get("capture"), None, exchange, ack, sent))
+                result.check(prefix + label, True)
                 continue
             request = substitute(step["request"], variables)
             body = request.get("body")
@@ -484,17 +546,28 @@ def _run_steps(ctx: KitContext, case: dict, result: CaseResult, variables: dict[
                     and not [e for e in document.get("entry", []) or []
                              if (e.get("search") or {}).get("mode") != "outcome"]:
                 raise CaseSkipped(f"{label}: the server holds no data for {request['path']} "
-                                  "(give --hl7 so the kit can load its samples)")
+                                  "(it does not claim create, or refused the kit's test data; give --hl7 "
+                                  "or --fixtures so the kit can load some)")
             check_fhir(step.get("expect", {}), exchange, document, variables)
             variables.update(capture_values(step.get("capture"), document, exchange, None, None))
+            result.check(prefix + label, True)
         except CaseFailed as exc:
-            raise CaseFailed(f"{label}: {exc}") from None
+            result.check(prefix + label, False, f"{prefix}{label}: {exc}", level=level)
+            if level == "SHALL":
+                return
 
 
 def _types_for(ctx: KitContext, case: dict) -> list[str | None]:
     listed = case.get("resource_types")
     if not listed:
         return [None]
+    if listed == "declared":        # every type under test: the CapabilityStatement's, or --types
+        types = ctx.types()
+        if not types and ctx.capability_error is not None:
+            raise ctx.capability_error
+        if not types:
+            raise CaseSkipped("the CapabilityStatement declares no resource types")
+        return list(types)
     declared = ctx.declared_resources()
     if not declared:
         return list(listed)
@@ -505,10 +578,14 @@ def _types_for(ctx: KitContext, case: dict) -> list[str | None]:
 
 
 def run_case(ctx: KitContext, case: dict) -> CaseResult:
-    """Run one case; every outcome (including a crash or refused connection) becomes a CaseResult."""
+    """Run one case; every outcome (including a crash or refused connection) becomes a CaseResult.
+
+    The case's status follows its checks: any failed SHALL check -> ``fail``; only failed SHOULD
+    checks -> ``warn``; nothing could be checked -> ``skip`` with the reason; else ``pass``."""
     result = CaseResult(case["id"], case["title"], case["spec"], (case.get("why") or "").strip(), "pass",
-                        source=case.get("_source", ""))
+                        source=case.get("_source", ""), level=case.get("level", "SHALL"))
     started = time.monotonic()
+    skipped = ""
     try:
         if "hl7" in (case.get("requires") or []) and not ctx.hl7:
             raise CaseSkipped("needs an HL7 endpoint (--hl7 URL or mllp://host:port)")
@@ -524,19 +601,31 @@ def run_case(ctx: KitContext, case: dict) -> CaseResult:
                     ran += 1
                 except CaseSkipped as exc:
                     skips.append(str(exc))
-                except CaseFailed as exc:
-                    raise CaseFailed(f"{resource_type}: {exc}" if resource_type else str(exc)) from None
             result.notes.extend(f"skipped: {s}" for s in skips)
             if not ran:
                 raise CaseSkipped("; ".join(skips))
     except CaseSkipped as exc:
-        result.status, result.message = "skip", str(exc)
+        skipped = str(exc)
     except CaseFailed as exc:
-        result.status, result.message = "fail", str(exc)
+        result.check(case["id"], False, str(exc))
     except (requests.RequestException, OSError) as exc:
         result.status, result.message = "error", f"could not talk to the server: {exc}"
     except Exception as exc:  # a kit bug or a wild answer must not hide the other cases
         result.status, result.message = "error", f"{type(exc).__name__}: {exc}"
+    if result.status != "error":
+        failed, warned = result.failures("fail"), result.failures("warn")
+        passed = [c for c in result.checks if c.status == "pass"]
+        if failed:
+            result.status = "fail"
+            result.message = "; ".join(c.message for c in failed[:8]) + \
+                (f" (and {len(failed) - 8} more)" if len(failed) > 8 else "")
+        elif skipped and not passed and not warned:
+            result.status, result.message = "skip", skipped
+        elif warned:
+            result.status = "warn"
+            result.message = "SHOULD: " + "; ".join(c.message for c in warned[:8])
+        if skipped and result.status != "skip":
+            result.notes.append(f"stopped early: {skipped}")
     result.duration = time.monotonic() - started
     return result
 
@@ -550,53 +639,33 @@ def _is_match(entry: dict) -> bool:
         (entry.get("resource") or {}).get("resourceType") != "OperationOutcome"
 
 
-def gen_capability_search_params(ctx: KitContext, case: dict, result: CaseResult) -> None:
-    """Truthful CapabilityStatement: every declared search parameter works (200 searchset, not ignored)."""
-    declared = ctx.declared_resources()
-    if ctx.capability() is None:
-        raise CaseFailed("GET metadata did not return a CapabilityStatement")
-    types = [t for t in case.get("resource_types", []) if t in declared]
-    if not types:
-        raise CaseSkipped(f"the CapabilityStatement declares none of {', '.join(case.get('resource_types', []))}")
-    values: dict[str, str] = case.get("probe_values", {})
-    headers = case.get("headers") or {}
-    problems, tried = [], 0
-    for resource_type in types:
-        for param in declared[resource_type].get("searchParam", []) or []:
-            name, kind = param.get("name"), param.get("type", "string")
-            if not name or kind not in values:
-                result.notes.append(f"{resource_type}?{name}: type {kind!r} has no probe value; not tried")
-                continue
-            tried += 1
-            exchange, document = ctx.fhir("GET", f"{resource_type}?{name}={values[kind]}", headers)
-            result.exchanges.append(exchange)
-            where = f"{resource_type}?{name} ({kind})"
-            try:
-                check_fhir({"status": 200, "resourceType": "Bundle", "bundle_type": "searchset"},
-                           exchange, document, {})
-            except CaseFailed as exc:
-                problems.append(f"{where}: {exc}")
-                continue
-            for entry in document.get("entry", []) or []:
-                outcome = entry.get("resource") or {}
-                if outcome.get("resourceType") == "OperationOutcome" and name in json.dumps(outcome) and \
-                        any(i.get("code") == "not-supported" for i in outcome.get("issue", [])):
-                    problems.append(f"{where}: declared, but the server says it is not supported")
-    result.notes.append(f"tried {tried} declared search parameters on {', '.join(types)}")
-    if problems:
-        raise CaseFailed("; ".join(problems))
-
-
 def gen_paging(ctx: KitContext, case: dict, result: CaseResult) -> None:
-    """Walk ``next`` links with a small page size: each match exactly once, and ``total`` agrees."""
-    resource_type, count = case.get("resource_type", "MedicationRequest"), int(case.get("count", 1))
+    """Walk ``next`` links with a small page size: each match exactly once, and ``total`` agrees.
+
+    The type walked is ``resource_type`` when the case names one, else the first type under test
+    holding at least two resources (the kit creates its own where the server claims create)."""
+    from conformance.generated import fixtures
+    count = int(case.get("count", 1))
+    candidates = [case["resource_type"]] if case.get("resource_type") else ctx.types()
+    for resource_type in candidates:
+        if "search-type" not in ctx.interactions(resource_type) and ctx.capability() is not None:
+            continue
+        fixtures(ctx).pair(resource_type)
+        if _walk_pages(ctx, case, result, resource_type, count):
+            return
+    raise CaseSkipped(f"no type under test holds two resources to page through ({', '.join(candidates)}); "
+                      "the server refused the kit's test data or does not claim create")
+
+
+def _walk_pages(ctx: KitContext, case: dict, result: CaseResult, resource_type: str, count: int) -> bool:
     url: str | None = f"{resource_type}?_count={count}"
     seen: list[str] = []
-    total, pages = None, 0
+    total, pages, limit = None, 0, int(case.get("max_pages", 200))
     while url:
         pages += 1
-        if pages > int(case.get("max_pages", 200)):
-            raise CaseFailed(f"more than {case.get('max_pages', 200)} pages: the next links do not end")
+        if pages > limit:
+            result.notes.append(f"{resource_type}: stopped after {limit} pages (the server holds more)")
+            break
         exchange, document = ctx.fhir("GET", url)
         result.exchanges.append(exchange)
         check_fhir({"status": 200, "resourceType": "Bundle", "bundle_type": "searchset"}, exchange, document, {})
@@ -604,30 +673,35 @@ def gen_paging(ctx: KitContext, case: dict, result: CaseResult) -> None:
             total = document.get("total")
         matches = [e for e in document.get("entry", []) or [] if _is_match(e)]
         if len(matches) > count:
-            raise CaseFailed(f"page {pages} has {len(matches)} matches, more than _count={count}")
+            raise CaseFailed(f"{resource_type} page {pages} has {len(matches)} matches, more than _count={count}")
         for entry in matches:
             resource = entry.get("resource") or {}
             seen.append(f"{resource.get('resourceType')}/{resource.get('id')}")
         nxt = next((link.get("url") for link in document.get("link", []) or [] if link.get("relation") == "next"), None)
         url = urljoin(ctx.fhir_base + "/", nxt) if nxt else None
-    result.notes.append(f"{pages} page(s), {len(seen)} match(es), total {total}")
     if len(seen) < 2 and (total is None or total < 2):
-        raise CaseSkipped(f"needs at least two {resource_type} matches to page through (found {len(seen)}); "
-                          "give --hl7 so the kit can load its samples")
+        return False
+    result.notes.append(f"{resource_type}: {pages} page(s), {len(seen)} match(es), total {total}")
     repeated = sorted({ref for ref in seen if seen.count(ref) > 1})
-    if repeated:
-        raise CaseFailed(f"entries seen on more than one page: {', '.join(repeated)}")
-    if total is not None and total != len(seen):
-        raise CaseFailed(f"Bundle.total is {total} but the pages held {len(seen)} matches")
+    result.check(f"{resource_type}: no match on more than one page", not repeated,
+                 f"entries seen on more than one page: {', '.join(repeated)}")
+    if pages <= limit:
+        result.check(f"{resource_type}: Bundle.total equals the matches on all pages",
+                     total is None or total == len(seen), f"Bundle.total is {total} but the pages held {len(seen)} matches")
+    return True
 
 
 def gen_profile_validation(ctx: KitContext, case: dict, result: CaseResult) -> None:
-    """Resources the server returns validate against the profiles (error/fatal issues fail)."""
+    """Resources the server returns are valid R4, and valid against each profile their meta.profile
+    claims (or ``--validate-profile`` asks for); error/fatal issues fail. A resource is never held to
+    a profile it does not claim."""
     validator, directory = ctx.validator()
-    declared = ctx.declared_resources()
-    types = [t for t in case.get("resource_types", []) if not declared or t in declared]
+    registry = validator.registry
+    asked = list(ctx.options.get("validate_profiles") or [])
     problems, checked = [], 0
-    for resource_type in types:
+    for resource_type in ctx.types():
+        if "search-type" not in ctx.interactions(resource_type):
+            continue
         exchange, document = ctx.fhir("GET", f"{resource_type}?_count={int(case.get('count', 20))}")
         result.exchanges.append(exchange)
         check_fhir({"status": 200, "resourceType": "Bundle"}, exchange, document, {})
@@ -636,18 +710,23 @@ def gen_profile_validation(ctx: KitContext, case: dict, result: CaseResult) -> N
                 continue
             resource = entry["resource"]
             checked += 1
-            for issue in validator.validate(resource):
-                if issue.severity in ("fatal", "error"):
-                    problems.append(f"{resource_type}/{resource.get('id')}: {issue.expression}: {issue.diagnostics}")
-    result.notes.append(f"validated {checked} resource(s) against the profiles in {directory}")
+            claimed = [p for p in (resource.get("meta") or {}).get("profile", []) or [] if isinstance(p, str)]
+            known = [p.split("|")[0] for p in claimed if registry.compiled(p.split("|")[0]) is not None]
+            for url in sorted(set(claimed) - set(known)):
+                result.notes.append(f"{resource_type}/{resource.get('id')} claims {url}, which the kit does not "
+                                    "have (give --profiles DIR); checked as base R4 only")
+            wanted = [p for p in known + asked if (registry.compiled(p) or None) and
+                      registry.compiled(p).type == resource_type]
+            issues = [i for i in validator.validate(resource, profiles=wanted) if i.severity in ("fatal", "error")]
+            what = f"{resource_type}/{resource.get('id')} is valid R4" + (f" and {', '.join(wanted)}" if wanted else "")
+            result.check(what, not issues, f"{resource_type}/{resource.get('id')}: " + "; ".join(
+                f"{i.expression}: {i.diagnostics}" for i in issues[:5]))
+    result.notes.append(f"validated {checked} resource(s) (base R4, plus the profiles in {directory} they claim)")
     if not checked:
-        raise CaseSkipped(f"no {', '.join(types) or 'resources'} to validate (give --hl7 to load samples)")
-    if problems:
-        raise CaseFailed(f"{len(problems)} profile error(s): " + "; ".join(problems[:20]))
+        raise CaseSkipped("the server returned no resources to validate")
 
 
 GENERATORS: dict[str, Callable[[KitContext, dict, CaseResult], None]] = {
-    "capability_search_params": gen_capability_search_params,
     "paging": gen_paging,
     "profile_validation": gen_profile_validation,
 }
@@ -660,11 +739,26 @@ GENERATORS: dict[str, Callable[[KitContext, dict, CaseResult], None]] = {
 def run_kit(fhir_base: str, hl7: str | None = None, token: str | None = None,
             cases_dir: str | Path = CASES_DIR, samples_dir: str | Path = SAMPLES_DIR,
             profiles_dir: str | Path | None = None, timeout: float = 15.0,
-            only: list[str] | None = None) -> KitReport:
-    """Run every case (or those in ``only``) against ``fhir_base`` and the optional HL7 endpoint."""
+            only: list[str] | None = None, **options: Any) -> KitReport:
+    """Run every case (or those in ``only``) against ``fhir_base`` and the optional HL7 endpoint.
+
+    ``options``: ``types`` (resource types to test instead of all declared), ``fixtures`` (a YAML
+    file of test data in the shape of ``conformance/fixtures.yaml``), ``client_id`` /
+    ``private_key`` / ``kid`` / ``scope`` (SMART Backend Services client), ``validate_profiles``
+    (profile URLs every resource is checked against, besides those its meta.profile claims)."""
     ctx = KitContext(fhir_base, hl7, token, Path(samples_dir), Path(profiles_dir) if profiles_dir else None,
                      timeout)
+    ctx.options = {k: v for k, v in options.items() if v is not None}
     started, clock = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
-    results = [run_case(ctx, case) for case in load_cases(cases_dir) if not only or case["id"] in only]
+    try:
+        results = [run_case(ctx, case) for case in load_cases(cases_dir) if not only or case["id"] in only]
+    finally:
+        if ctx.fixtures is not None:
+            ctx.fixtures.remove_all()
     ctx.session.close()
     return KitReport(ctx.fhir_base, hl7, started, time.monotonic() - clock, results)
+
+
+# The generators that read the CapabilityStatement (interactions, search parameters, SMART, Bulk
+# Data, profiles, HL7) live in their own modules and register themselves in GENERATORS.
+from conformance import generated  # noqa: E402,F401

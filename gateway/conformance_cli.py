@@ -21,16 +21,22 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         except TokenFetchError as exc:
             print(f"error: could not get a token: {exc}", file=sys.stderr)
             return 2
+    types = [t.strip() for t in args.types.split(",") if t.strip()] if args.types else None
     report = run_kit(args.fhir_base, hl7=args.hl7, token=token, cases_dir=args.cases or CASES_DIR,
-                     profiles_dir=args.profiles, timeout=args.timeout)
+                     profiles_dir=args.profiles, timeout=args.timeout, types=types, fixtures=args.fixtures,
+                     validate_profiles=args.validate_profile or None)
     if args.report:
         write_html(report, args.report)
     if args.junit:
         write_junit(report, args.junit)
     for result in report.results:
-        line = f"{result.status.upper():5} {result.id}"
-        print(line + (f": {result.message}" if result.message else ""))
-    print(f"{len(report.passed)} passed, {len(report.failed)} failed, {len(report.skipped)} skipped"
+        line = f"{result.status.upper():5} {result.id} ({len(result.checks)} checks)"
+        print(line + (f": {result.message[:500]}" if result.message else ""))
+    counts = report.check_counts()
+    print(f"checks: {counts['pass']} passed, {counts['fail']} failed, {counts['warn']} warnings (SHOULD), "
+          f"{counts['skip']} not run")
+    print(f"{len(report.passed)} passed, {len(report.warned)} passed with warnings, {len(report.failed)} failed, "
+          f"{len(report.skipped)} skipped"
           + (f"; report {args.report}" if args.report else "") + (f"; JUnit {args.junit}" if args.junit else ""))
     return 0 if report.ok else 1
 
@@ -51,6 +57,13 @@ def add_conformance_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--cases", help="directory of case files (default: the kit's conformance/cases)")
     parser.add_argument("--profiles", help="profiles directory for validation (default: ./profiles)")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds per request (default 15)")
+    parser.add_argument("--types", help="comma-separated resource types to test (default: every type the "
+                                        "CapabilityStatement declares)")
+    parser.add_argument("--fixtures", help="YAML file of test data the server accepts, in the shape of "
+                                           "conformance/fixtures.yaml (adds to and overrides the kit's own)")
+    parser.add_argument("--validate-profile", action="append", metavar="URL",
+                        help="hold every resource of the profile's type to this profile (repeatable); by default "
+                             "a resource is checked against base R4 and the profiles its meta.profile claims")
     parser.set_defaults(func=cmd_conformance)
     return parser
 

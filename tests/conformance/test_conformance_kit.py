@@ -1,7 +1,9 @@
-"""The conformance kit against the real gateway (every case passes), against a fake server with
-named faults (the kit fails exactly the case for each fault), and its HTML / JUnit reports."""
+"""The conformance kit against the real gateway (every case passes, hundreds of checks), against
+the gateway with one seeded fault at a time (the kit catches each with the case meant for it), and
+its HTML / JUnit reports."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lxml.html
@@ -11,19 +13,16 @@ from lxml import etree
 from conformance.report import junit_xml, render_html
 from conformance.runner import KitReport, load_cases, run_kit
 from conftest import served
+from gateway import create_app
 from gateway.conformance_cli import main as conformance_main
 from gateway.ingest.mllp_handler import mllp_server
-from tests.conformance.fake_server import FAULTS, make_fake_fhir_app
+from tests.conformance.faults import FAULTS, FaultyGateway
 from tests.security.credentials import http_token, register
 
 ALL_CASES = [c["id"] for c in load_cases()]
 HL7_CASES = ["hl7-good-message-aa", "hl7-malformed-message-ar", "hl7-duplicate-same-ack"]
-FAULT_CASES = {
-    "paging_repeats": {"paging-next-links"},
-    "unknown_id_200": {"read-unknown-id"},
-    "search_param_500": {"capability-search-params"},
-    "missing_outcome_on_400": {"search-bad-date"},
-}
+README = Path(__file__).resolve().parents[2] / "conformance" / "README.md"
+FAULT_TYPES = ["Patient", "Observation"]     # enough types to show every fault, a third of the time
 
 
 def _admin_token(app, base: str) -> str:
@@ -38,7 +37,7 @@ def _summary(report: KitReport) -> str:
 
 def test_case_files_are_complete():
     cases = load_cases()
-    assert len(cases) >= 13
+    assert len(cases) >= 12
     for case in cases:
         assert case["spec"].startswith(("http://hl7.org/fhir/R4/", "https://www.hl7.org/")), case["id"]
         assert case.get("why"), case["id"]
@@ -49,12 +48,21 @@ def test_kit_passes_against_the_gateway_over_http(app):
     with served(app) as base:
         report = run_kit(f"{base}/fhir", hl7=f"{base}/hl7v2", token=_admin_token(app, base))
     assert [r.id for r in report.results] == ALL_CASES
-    assert report.passed == ALL_CASES, _summary(report)
-    assert report.ok
-    search = report.result("capability-search-params")
-    assert any("tried" in n and "MedicationRequest" in n for n in search.notes)
-    assert len(search.exchanges) >= 10          # every declared MedicationRequest parameter was tried
+    assert report.ok and not report.failed, _summary(report)
+    assert set(report.passed) | set(report.warned) == set(ALL_CASES), _summary(report)
+    counts = report.check_counts()
+    assert counts["pass"] >= 250 and counts["fail"] == 0, counts
+    interactions = report.result("capability-interactions")
+    assert any(c.name == "Patient vread of the version the server gave" and c.status == "pass"
+               for c in interactions.checks)
+    search = report.result("search-parameters")
+    assert any(c.name.startswith("Patient?gender") and c.status == "pass" for c in search.checks)
     assert any(n.startswith("validated") for n in report.result("profile-validation").notes)
+    with served(app) as base:      # the kit removed its test data again
+        import requests
+        left = requests.get(f"{base}/fhir/Organization?name=Kit%20Hospital", timeout=10,
+                            headers={"Authorization": f"Bearer {_admin_token(app, base)}"}).json()
+    assert not left.get("entry"), left
 
 
 def test_kit_hl7_cases_pass_over_mllp_with_python_hl7_client(app, gateway):
@@ -71,70 +79,84 @@ def test_kit_hl7_cases_pass_over_mllp_with_python_hl7_client(app, gateway):
     assert report.result("hl7-good-message-aa").exchanges[0].method == "MLLP"
 
 
-def test_without_hl7_endpoint_hl7_cases_are_skipped_not_passed(app):
+def test_without_hl7_endpoint_hl7_cases_are_skipped_and_data_comes_from_fhir_create(app):
     with served(app) as base:
         report = run_kit(f"{base}/fhir", only=["metadata-capabilitystatement", "paging-next-links", *HL7_CASES],
                          token=_admin_token(app, base))
     assert report.ok
-    assert set(report.skipped) == {"paging-next-links", *HL7_CASES}     # an empty server: nothing to page
-    assert "--hl7" in report.result("paging-next-links").message
+    assert set(report.skipped) == set(HL7_CASES)
+    assert report.passed == ["metadata-capabilitystatement", "paging-next-links"], _summary(report)
 
 
-def test_fake_server_without_faults_passes():
-    with served(make_fake_fhir_app()) as base:
-        report = run_kit(f"{base}/fhir")
-    assert report.passed == [c for c in ALL_CASES if c not in HL7_CASES], _summary(report)
-    assert report.skipped == HL7_CASES
+def test_types_come_from_the_capability_statement_or_types_option(app):
+    with served(app) as base:
+        report = run_kit(f"{base}/fhir", only=["read-unknown-id"], token=_admin_token(app, base),
+                         types=["Observation", "NotDeclaredHere"])
+    names = [c.name for c in report.result("read-unknown-id").checks]
+    assert names and all(n.startswith("Observation:") for n in names), names
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-def test_kit_fails_exactly_the_named_case_for_each_fault(fault):
-    with served(make_fake_fhir_app({fault})) as base:
-        report = run_kit(f"{base}/fhir")
-    assert set(report.failed) == FAULT_CASES[fault], _summary(report)
-    assert all(report.result(c).status == "fail" for c in FAULT_CASES[fault])   # a failure, not a kit crash
+@pytest.fixture(scope="module")
+def shared_gateway(tmp_path_factory):
+    """One gateway for every seeded fault: each fault wraps it in its own FaultyGateway."""
+    app = create_app({"DATA_DIR": str(tmp_path_factory.mktemp("faults")), "TESTING": True})
+    register(app, "conformance-kit", "admin")
+    return app
 
 
-def test_fault_messages_name_the_problem():
-    with served(make_fake_fhir_app(set(FAULTS))) as base:
-        report = run_kit(f"{base}/fhir")
-    assert set(report.failed) == set().union(*FAULT_CASES.values())
-    assert "mr1" in report.result("paging-next-links").message and "more than one page" in \
-        report.result("paging-next-links").message
-    assert "HTTP status 200, expected 404" in report.result("read-unknown-id").message
-    assert "MedicationRequest?patient" in report.result("capability-search-params").message
-    assert "500" in report.result("capability-search-params").message
-    assert "not a JSON resource" in report.result("search-bad-date").message
+def test_the_fault_catalogue_is_large_enough_and_listed_in_the_readme():
+    assert len(FAULTS) >= 35
+    assert {case for case, *_ in FAULTS.values()} <= set(ALL_CASES)
+    text = README.read_text(encoding="utf-8")
+    listed = dict(re.findall(r"^\| `([a-z0-9_]+)` \| `([a-z0-9-]+)` \|", text, flags=re.M))
+    assert listed == {name: case for name, (case, *_rest) in FAULTS.items()}
 
 
-def test_html_and_junit_reports_from_the_cli(tmp_path: Path):
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_kit_catches_each_seeded_fault_with_the_case_meant_for_it(shared_gateway, fault):
+    case, level, what, check = FAULTS[fault]
+    with served(FaultyGateway(shared_gateway, fault)) as base:
+        report = run_kit(f"{base}/fhir", hl7=f"{base}/hl7v2", token=http_token(base, "conformance-kit"),
+                         only=[case], types=FAULT_TYPES)
+    result = report.result(case)
+    wanted = "fail" if level == "SHALL" else "warn"
+    assert result.status == wanted, f"{fault} ({what}): {result.status} {result.message}"
+    assert any(check in c.name for c in result.checks if c.status == wanted), \
+        (fault, [(c.name, c.status) for c in result.checks if c.status != "pass"])
+
+
+def test_html_and_junit_reports_from_the_cli(shared_gateway, tmp_path: Path):
     html_path, junit_path = tmp_path / "report.html", tmp_path / "junit.xml"
-    with served(make_fake_fhir_app({"unknown_id_200", "paging_repeats"})) as base:
+    cases = ["metadata-capabilitystatement", "read-unknown-id", "paging-next-links", "hl7-good-message-aa"]
+    with served(FaultyGateway(shared_gateway, "unknown_id_200")) as base:
+        token = http_token(base, "conformance-kit")
+        report = run_kit(f"{base}/fhir", token=token, only=cases, types=FAULT_TYPES)
         code = conformance_main(["conformance", "--fhir-base", f"{base}/fhir", "--report", str(html_path),
-                                 "--junit", str(junit_path), "--token", "secret-token"])
+                                 "--junit", str(junit_path), "--token", token, "--types", "Patient,Observation"])
     assert code == 1
+    assert report.failed == ["read-unknown-id"]
 
     page = lxml.html.parse(str(html_path)).getroot()
     rows = {row.get("data-case-id"): row.xpath("string(td[2])") for row in page.xpath("//table//tr[@data-case-id]")}
     assert set(rows) == set(ALL_CASES)
-    assert rows["read-unknown-id"] == "FAIL" and rows["paging-next-links"] == "FAIL"
-    assert rows["metadata-capabilitystatement"] == "PASS" and rows["hl7-good-message-aa"] == "SKIPPED"
+    assert rows["read-unknown-id"] == "FAIL" and rows["metadata-capabilitystatement"] == "PASS"
+    assert rows["hl7-good-message-aa"] == "SKIPPED"
     for case_id in ALL_CASES:
         section = page.get_element_by_id(f"case-{case_id}")
         assert section.xpath(".//a[starts-with(@href, 'http')]"), f"{case_id} has no spec link"
     failed = page.get_element_by_id("case-read-unknown-id")
     shown = failed.text_content()
-    assert "/fhir/MedicationRequest/conformance-kit-no-such-id-0" in shown     # the request
-    assert "not-found" in shown                                                # the response body
-    assert "secret-token" not in lxml.html.tostring(page, encoding="unicode")    # tokens are masked
-    assert not page.get_element_by_id("case-metadata-capabilitystatement").xpath(".//details")
+    assert "/fhir/Patient/conformance-kit-no-such-id-0" in shown                # the request
+    assert "HTTP status 200, expected 404" in shown                             # what was wrong
+    assert failed.xpath(".//tr[@data-status='fail']")                           # the failing check listed
+    assert token not in lxml.html.tostring(page, encoding="unicode")            # tokens are masked
+    assert "SHALL" in page.text_content() and "SHOULD" in page.text_content()   # how to read it
 
     suite = etree.parse(str(junit_path)).getroot()
     assert suite.tag == "testsuite"
     assert int(suite.get("tests")) == len(ALL_CASES)
-    assert int(suite.get("failures")) == 2 and len(suite.findall("testcase/failure")) == 2
     assert {tc.get("name") for tc in suite.findall("testcase") if tc.find("failure") is not None} == \
-        {"read-unknown-id", "paging-next-links"}
+        {"read-unknown-id"}
     assert len(suite.findall("testcase/skipped")) == len(HL7_CASES)
 
 
