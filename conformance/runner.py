@@ -762,3 +762,4 @@ def run_kit(fhir_base: str, hl7: str | None = None, token: str | None = None,
 # The generators that read the CapabilityStatement (interactions, search parameters, SMART, Bulk
 # Data, profiles, HL7) live in their own modules and register themselves in GENERATORS.
 from conformance import generated  # noqa: E402,F401
+from conformance import smart_bulk  # noqa: E402,F401

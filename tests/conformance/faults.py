@@ -68,6 +68,18 @@ FAULTS: dict[str, Fault] = {
     "malformed_gets_aa": ("hl7-malformed-message-ar", "SHALL", "a message without MSH-9 gets AA", 'send'),
     "malformed_ack_without_err": ("hl7-malformed-message-ar", "SHALL", "an AR without an ERR segment", 'send'),
     "duplicate_gets_new_ack": ("hl7-duplicate-same-ack", "SHALL", "a resent message gets a different ACK", 'second send'),
+    # SMART Backend Services and Bulk Data
+    "token_accepted_after_expiry": ("smart-backend-services", "SHALL", "an expired access token is still accepted",
+                                    "expired access token"),
+    "scope_not_enforced": ("smart-backend-services", "SHALL", "a token may read types outside its scope",
+                           "may not search"),
+    "no_token_accepted": ("smart-backend-services", "SHALL", "a request without a token is answered", "without a token"),
+    "invalid_export_line": ("bulk-data-export", "SHALL", "an export file holds a line that is not a valid resource",
+                            "every line"),
+    "export_without_content_location": ("bulk-data-export", "SHALL", "the kick-off 202 has no Content-Location",
+                                        "kick-off"),
+    "export_cancel_refused": ("bulk-data-export", "SHALL", "DELETE on an export status URL is refused (405)",
+                              "cancel"),
 }
 
 def _drop(query: str, names: Iterable[str]) -> str:
@@ -78,10 +90,11 @@ def _drop(query: str, names: Iterable[str]) -> str:
 class FaultyGateway:
     """WSGI app: the gateway, with ``fault`` (a key of ``FAULTS``) switched on."""
 
-    def __init__(self, app: Callable, fault: str) -> None:
+    def __init__(self, app: Callable, fault: str, fresh_token: Callable[[], str] | None = None) -> None:
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}")
         self.app, self.fault = app, fault
+        self.fresh_token = fresh_token      # an all-powerful token, for the faults that accept what they should not
         self.first_ids: dict[str, str] = {}      # resource path -> first versionId seen (vread fault)
         self.acks: dict[bytes, int] = {}
         self.pretend_deleted: set[str] = set()
@@ -112,6 +125,11 @@ class FaultyGateway:
             return self._reply(start_response, 500, None)
         if fault == "delete_not_deleting" and method == "DELETE" and fhir:
             return self._reply(start_response, 204, None)
+        if fault == "export_cancel_refused" and method == "DELETE" and "bulkstatus" in path:
+            return self._reply(start_response, 405, {"resourceType": "OperationOutcome",
+                                                    "issue": [{"severity": "error", "code": "not-supported"}]})
+        if fault == "no_token_accepted" and fhir and "HTTP_AUTHORIZATION" not in environ and self.fresh_token:
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {self.fresh_token()}"
         if fault == "update_not_saved" and method == "PUT" and fhir:
             method, body = "GET", b""
             environ["REQUEST_METHOD"] = "GET"
@@ -159,16 +177,26 @@ class FaultyGateway:
         def capture(status: str, headers: list, exc_info=None):
             captured["status"], captured["headers"] = status, headers
             return lambda data: None
-        chunks = self.app(environ, capture)
-        try:
-            content = b"".join(chunks)
-        finally:
-            getattr(chunks, "close", lambda: None)()
+        content = self._call(environ, capture)
         status, headers = captured["status"], captured["headers"]
+        code = int(status.split()[0])
+        if self.fresh_token and ((fault == "token_accepted_after_expiry" and code == 401 and b"expired" in content)
+                                 or (fault == "scope_not_enforced" and code == 403)):
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {self.fresh_token()}"
+            environ["wsgi.input"] = io.BytesIO(body)
+            content = self._call(environ, capture)
+            status, headers = captured["status"], captured["headers"]
         status, headers, content = self._after(environ, parts, method, pairs, body, status, headers, content)
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"] + [("Content-Length", str(len(content)))]
         start_response(status, headers)
         return [content]
+
+    def _call(self, environ: dict, capture: Callable) -> bytes:
+        chunks = self.app(environ, capture)
+        try:
+            return b"".join(chunks)
+        finally:
+            getattr(chunks, "close", lambda: None)()
 
     # ------------------------------------------------------------------------------------------
     def _after(self, environ, parts, method, pairs, body, status, headers, content):
@@ -224,6 +252,12 @@ class FaultyGateway:
                 bad = dict(matches[0]["resource"], gender="robot", birthDate="yesterday")
                 document["entry"][0] = dict(matches[0], resource=bad)
                 changed = True
+        if fault == "export_without_content_location" and code == 202:
+            headers = [(k, v) for k, v in headers if k.lower() != "content-location"]
+        if fault == "invalid_export_line" and any("ndjson" in v for k, v in headers if k.lower() == "content-type"):
+            first = json.loads(content.splitlines()[0]) if content.strip() else {"resourceType": "Patient"}
+            bad = {"resourceType": first.get("resourceType"), "id": "bad-line", "meta": {"lastUpdated": "yesterday"}}
+            content = content.rstrip(b"\n") + b"\n" + json.dumps(bad).encode() + b"\n"
         if changed:
             content = json.dumps(document).encode("utf-8") if document is not None else b""
         if environ.get("PATH_INFO") == "/hl7v2" and content.startswith(b"MSH"):
@@ -261,7 +295,8 @@ class FaultyGateway:
     @staticmethod
     def _reply(start_response: Callable, code: int, document: dict | None) -> list[bytes]:
         content = json.dumps(document).encode() if document is not None else b""
-        reason = {200: "OK", 201: "Created", 204: "No Content", 404: "Not Found", 500: "Internal Server Error"}[code]
+        reason = {200: "OK", 201: "Created", 204: "No Content", 404: "Not Found", 405: "Method Not Allowed",
+                  500: "Internal Server Error"}[code]
         headers = [("Content-Length", str(len(content)))]
         if document is not None:
             headers.append(("Content-Type", "application/fhir+json"))

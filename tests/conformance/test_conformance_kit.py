@@ -17,7 +17,7 @@ from gateway import create_app
 from gateway.conformance_cli import main as conformance_main
 from gateway.ingest.mllp_handler import mllp_server
 from tests.conformance.faults import FAULTS, FaultyGateway
-from tests.security.credentials import http_token, register
+from tests.security.credentials import KID, http_token, register, session_key, token_for
 
 ALL_CASES = [c["id"] for c in load_cases()]
 HL7_CASES = ["hl7-good-message-aa", "hl7-malformed-message-ar", "hl7-duplicate-same-ack"]
@@ -39,7 +39,7 @@ def test_case_files_are_complete():
     cases = load_cases()
     assert len(cases) >= 12
     for case in cases:
-        assert case["spec"].startswith(("http://hl7.org/fhir/R4/", "https://www.hl7.org/")), case["id"]
+        assert case["spec"].startswith(("http://hl7.org/fhir/R4/", "https://www.hl7.org/", "https://hl7.org/fhir/")), case["id"]
         assert case.get("why"), case["id"]
         assert case["_source"] == f"{case['id']}.yaml"
 
@@ -104,6 +104,33 @@ def shared_gateway(tmp_path_factory):
     return app
 
 
+@pytest.fixture(scope="module")
+def smart_gateway(tmp_path_factory):
+    """A gateway whose tokens live 2 s (so the kit can see one expire) and a backend client whose
+    private key the kit signs its assertions with, as a vendor's test client would."""
+    from cryptography.hazmat.primitives import serialization
+    directory = tmp_path_factory.mktemp("smart")
+    app = create_app({"DATA_DIR": str(directory), "TESTING": True, "TOKEN_LIFETIME_SECONDS": 2})
+    register(app, "conformance-kit", "admin")
+    key = directory / "client-key.pem"
+    key.write_bytes(session_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    return app, {"client_id": "conformance-kit", "private_key": str(key), "kid": KID}
+
+
+def test_smart_backend_services_pass_against_the_gateway_with_a_signed_client(smart_gateway):
+    app, client = smart_gateway
+    with served(app) as base:
+        report = run_kit(f"{base}/fhir", only=["smart-backend-services"], types=FAULT_TYPES, **client)
+    result = report.result("smart-backend-services")
+    assert result.status == "pass", _summary(report)
+    names = {c.name for c in result.checks if c.status == "pass"}
+    assert {"a signed client assertion gets an access token", "an expired assertion is refused",
+            "a replayed assertion (same jti) is refused", "an assertion for another audience is refused",
+            "an expired access token is refused", "the 'system/Patient.rs' token may not search Observation",
+            "the read-only 'system/Patient.rs' token may not create Patient"} <= names, names
+
+
 def test_the_fault_catalogue_is_large_enough_and_listed_in_the_readme():
     assert len(FAULTS) >= 35
     assert {case for case, *_ in FAULTS.values()} <= set(ALL_CASES)
@@ -113,11 +140,14 @@ def test_the_fault_catalogue_is_large_enough_and_listed_in_the_readme():
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_kit_catches_each_seeded_fault_with_the_case_meant_for_it(shared_gateway, fault):
+def test_kit_catches_each_seeded_fault_with_the_case_meant_for_it(shared_gateway, smart_gateway, fault):
     case, level, what, check = FAULTS[fault]
-    with served(FaultyGateway(shared_gateway, fault)) as base:
-        report = run_kit(f"{base}/fhir", hl7=f"{base}/hl7v2", token=http_token(base, "conformance-kit"),
-                         only=[case], types=FAULT_TYPES)
+    app, options = (smart_gateway if case == "smart-backend-services" else (shared_gateway, {}))
+    faulty = FaultyGateway(app, fault, fresh_token=lambda: token_for(app.test_client(), "conformance-kit"))
+    with served(faulty) as base:
+        token = None if options else http_token(base, "conformance-kit")
+        report = run_kit(f"{base}/fhir", hl7=f"{base}/hl7v2", token=token, only=[case], types=FAULT_TYPES,
+                         **options)
     result = report.result(case)
     wanted = "fail" if level == "SHALL" else "warn"
     assert result.status == wanted, f"{fault} ({what}): {result.status} {result.message}"
