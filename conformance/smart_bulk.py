@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from pathlib import Path
 
 import requests
 
@@ -79,6 +79,24 @@ class SmartClient:
         if scope:
             form["scope"] = scope
         return form
+
+
+def fetch_token_with_key(fhir_base: str, client_id: str, private_key: str, kid: str | None,
+                         scope: str | None, token_url: str | None = None, timeout: float = 15.0) -> str:
+    """An access token by SMART Backend Services (private_key_jwt): the kit's own token for a run.
+    Raises RuntimeError saying why not."""
+    ctx = KitContext(fhir_base, None, None, Path("."), None, timeout)
+    ctx.options = {"client_id": client_id, "private_key": private_key, "kid": kid}
+    if not token_url:
+        response = ctx.session.get(ctx.url(".well-known/smart-configuration"), timeout=timeout)
+        if response.status_code != 200:
+            raise RuntimeError(f"{ctx.url('.well-known/smart-configuration')} answered {response.status_code}")
+        token_url = response.json().get("token_endpoint")
+    client = SmartClient(ctx, token_url)
+    response = ctx.session.post(token_url, data=client.form(client.assertion(), scope), timeout=timeout)
+    if response.status_code != 200 or "access_token" not in response.text:
+        raise RuntimeError(f"{token_url} answered {response.status_code}: {response.text[:300]}")
+    return response.json()["access_token"]
 
 
 def smart_configuration(ctx: KitContext, result: CaseResult) -> dict | None:

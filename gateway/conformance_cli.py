@@ -13,18 +13,27 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     from conformance.runner import CASES_DIR, run_kit
 
     token = args.token
-    if args.client_id and not token:
+    if args.client_id and args.private_key and not token:
+        from conformance.smart_bulk import fetch_token_with_key
+        try:
+            token = fetch_token_with_key(args.fhir_base, args.client_id, args.private_key, args.kid, args.scope,
+                                         args.token_url, timeout=args.timeout)
+        except (RuntimeError, OSError, ValueError) as exc:
+            print(f"error: could not get a token with the client's key: {exc}", file=sys.stderr)
+            return 2
+    elif args.client_id and not token:
         from gateway.security.smart_client import TokenFetchError, fetch_token
         try:
             token = fetch_token(args.fhir_base, args.client_id, args.client_secret or "", args.token_url,
-                                timeout=args.timeout)
+                                scope=args.scope, timeout=args.timeout)
         except TokenFetchError as exc:
             print(f"error: could not get a token: {exc}", file=sys.stderr)
             return 2
     types = [t.strip() for t in args.types.split(",") if t.strip()] if args.types else None
     report = run_kit(args.fhir_base, hl7=args.hl7, token=token, cases_dir=args.cases or CASES_DIR,
                      profiles_dir=args.profiles, timeout=args.timeout, types=types, fixtures=args.fixtures,
-                     validate_profiles=args.validate_profile or None)
+                     validate_profiles=args.validate_profile or None, client_id=args.client_id,
+                     private_key=args.private_key, kid=args.kid, scope=args.scope)
     if args.report:
         write_html(report, args.report)
     if args.junit:
@@ -49,7 +58,12 @@ def add_conformance_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--hl7", help="HL7 v2 endpoint: http(s)://.../hl7v2 or mllp://host:port "
                                       "(without it the HL7 cases are skipped and no sample data is loaded)")
     parser.add_argument("--token", help="bearer token sent with every request")
-    parser.add_argument("--client-id", help="get the token with SMART client credentials (client_secret_basic)")
+    parser.add_argument("--client-id", help="get the token with SMART client credentials: private_key_jwt with "
+                                            "--private-key, else client_secret_basic with --client-secret")
+    parser.add_argument("--private-key", help="PEM private key (EC P-384 or RSA) of the --client-id backend client; "
+                                              "also runs the SMART Backend Services checks that need a client")
+    parser.add_argument("--kid", help="key id of --private-key, as registered with the server")
+    parser.add_argument("--scope", help="scope to ask for (e.g. 'system/*.rs'); the SMART case narrows a token to it")
     parser.add_argument("--client-secret", help="the client's secret (with --client-id)")
     parser.add_argument("--token-url", help="token endpoint (default: from <fhir-base>/.well-known/smart-configuration)")
     parser.add_argument("--report", help="write the HTML report here")

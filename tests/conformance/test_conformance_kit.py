@@ -205,3 +205,19 @@ def test_unreachable_server_is_an_error_not_a_pass():
     assert {r.status for r in report.results} == {"error"}
     etree.fromstring(junit_xml(report))
     lxml.html.fromstring(render_html(report))
+
+
+def test_cli_gets_its_token_with_private_key_jwt_and_passes(shared_gateway, smart_gateway, tmp_path: Path, capsys):
+    _app, client = smart_gateway           # the same test key is registered for conformance-kit in both
+    with served(shared_gateway) as base:
+        code = conformance_main(["conformance", "--fhir-base", f"{base}/fhir", "--hl7", f"{base}/hl7v2",
+                                 "--client-id", "conformance-kit", "--private-key", client["private_key"],
+                                 "--kid", KID, "--types", "Patient,Observation"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert re.search(r"checks: \d+ passed, 0 failed", out), out
+        assert "PASS  smart-backend-services" in out or "WARN  smart-backend-services" in out, out
+        assert conformance_main(["conformance", "--fhir-base", f"{base}/fhir", "--client-id", "conformance-kit",
+                                 "--private-key", client["private_key"], "--kid", "wrong-kid",
+                                 "--types", "Patient"]) == 2
+    assert "could not get a token" in capsys.readouterr().err
