@@ -763,3 +763,4 @@ def run_kit(fhir_base: str, hl7: str | None = None, token: str | None = None,
 # Data, profiles, HL7) live in their own modules and register themselves in GENERATORS.
 from conformance import generated  # noqa: E402,F401
 from conformance import smart_bulk  # noqa: E402,F401
+from conformance import hl7_cases  # noqa: E402,F401

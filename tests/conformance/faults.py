@@ -68,6 +68,12 @@ FAULTS: dict[str, Fault] = {
     "malformed_gets_aa": ("hl7-malformed-message-ar", "SHALL", "a message without MSH-9 gets AA", 'send'),
     "malformed_ack_without_err": ("hl7-malformed-message-ar", "SHALL", "an AR without an ERR segment", 'send'),
     "duplicate_gets_new_ack": ("hl7-duplicate-same-ack", "SHALL", "a resent message gets a different ACK", 'second send'),
+    "original_mode_gets_ca": ("hl7-message-types-and-modes", "SHALL", "an original-mode message gets a commit ACK (CA)",
+                              "original mode"),
+    "adverse_event_rejected": ("hl7-message-types-and-modes", "SHALL", "a good PEX^P07 gets AE", "PEX^P07"),
+    "ack_to_wrong_receiver": ("hl7-message-types-and-modes", "SHOULD", "the ACK's MSH-6 is not the sender",
+                              "addressed back"),
+    "garbage_acknowledged": ("hl7-malformed-framing", "SHALL", "a body that is not HL7 gets an AA ACK", "not HL7"),
     # SMART Backend Services and Bulk Data
     "token_accepted_after_expiry": ("smart-backend-services", "SHALL", "an expired access token is still accepted",
                                     "expired access token"),
@@ -125,6 +131,10 @@ class FaultyGateway:
             return self._reply(start_response, 500, None)
         if fault == "delete_not_deleting" and method == "DELETE" and fhir:
             return self._reply(start_response, 204, None)
+        if fault == "garbage_acknowledged" and path == "/hl7v2" and not body.startswith(b"MSH"):
+            ack = b"MSH|^~\\&|GW|GW|X|X|20260101000000||ACK|1|P|2.5\rMSA|AA|1"
+            start_response("200 OK", [("Content-Type", "x-application/hl7-v2+er7"), ("Content-Length", str(len(ack)))])
+            return [ack]
         if fault == "export_cancel_refused" and method == "DELETE" and "bulkstatus" in path:
             return self._reply(start_response, 405, {"resourceType": "OperationOutcome",
                                                     "issue": [{"severity": "error", "code": "not-supported"}]})
@@ -273,10 +283,18 @@ class FaultyGateway:
     def _ack_fault(self, sent: bytes, ack: bytes) -> bytes:
         fault = self.fault
         segments = ack.split(b"\r")
+        sent_msh = sent.split(b"\r")[0].split(sent[3:4] or b"|")
+        original_mode = len(sent_msh) < 15 or not sent_msh[14]
         out = []
         for segment in segments:
             fields = segment.split(b"|")
+            if fault == "ack_to_wrong_receiver" and fields[0] == b"MSH" and len(fields) > 5:
+                fields[5] = b"SOMEONE_ELSE"
             if fields[0] == b"MSA":
+                if fault == "original_mode_gets_ca" and original_mode and fields[1] == b"AA":
+                    fields[1] = b"CA"
+                if fault == "adverse_event_rejected" and b"|PEX^P07" in sent.split(b"\r")[0] and fields[1] in (b"AA", b"CA"):
+                    fields[1] = b"AE"
                 if fault == "ack_wrong_msa2" and len(fields) > 2:
                     fields[2] = fields[2] + b"X"
                 if fault == "ack_rejects_good_message" and fields[1] in (b"AA", b"CA"):
