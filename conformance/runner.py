@@ -764,3 +764,4 @@ def run_kit(fhir_base: str, hl7: str | None = None, token: str | None = None,
 from conformance import generated  # noqa: E402,F401
 from conformance import smart_bulk  # noqa: E402,F401
 from conformance import hl7_cases  # noqa: E402,F401
+from conformance import profile_rules  # noqa: E402,F401

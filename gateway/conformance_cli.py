@@ -34,6 +34,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
                      profiles_dir=args.profiles, timeout=args.timeout, types=types, fixtures=args.fixtures,
                      validate_profiles=args.validate_profile or None, client_id=args.client_id,
                      private_key=args.private_key, kid=args.kid, scope=args.scope,
+                     profile_examples=args.profile_examples,
                      hl7_types=[t.strip() for t in args.hl7_types.split(",")] if args.hl7_types else None)
     if args.report:
         write_html(report, args.report)
@@ -64,6 +65,8 @@ def add_conformance_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--private-key", help="PEM private key (EC P-384 or RSA) of the --client-id backend client; "
                                               "also runs the SMART Backend Services checks that need a client")
     parser.add_argument("--kid", help="key id of --private-key, as registered with the server")
+    parser.add_argument("--profile-examples", help="directory with a cases.yaml manifest of valid and broken "
+                                                   "example resources (default: tests/data/validation)")
     parser.add_argument("--hl7-types", help="comma-separated HL7 message types the server claims (e.g. RDE^O11); "
                                             "one it answers as unsupported then fails instead of being skipped")
     parser.add_argument("--scope", help="scope to ask for (e.g. 'system/*.rs'); the SMART case narrows a token to it")

@@ -61,6 +61,10 @@ FAULTS: dict[str, Fault] = {
     "summary_count_ignored": ("search-result-parameters", "SHOULD", "_summary=count returns the resources", '_summary=count'),
     "elements_ignored": ("search-result-parameters", "SHOULD", "_elements returns whole resources", '_elements'),
     "strict_handling_ignored": ("search-result-parameters", "SHOULD", "Prefer: handling=strict is ignored", 'handling=strict'),
+    "validate_accepts_everything": ("profile-rules", "SHALL", "$validate reports no error, whatever the resource",
+                                    "is refused"),
+    "validate_refuses_valid_examples": ("profile-rules", "SHALL", "$validate reports an error for valid resources",
+                                        "valid example"),
     "invalid_resource_in_search": ("profile-validation", "SHALL", "a search answer holds a resource that is not valid R4", 'valid R4'),
     # HL7 v2
     "ack_wrong_msa2": ("hl7-good-message-aa", "SHALL", "the ACK's MSA-2 is not the message's MSH-10", 'send'),
@@ -262,6 +266,12 @@ class FaultyGateway:
                 bad = dict(matches[0]["resource"], gender="robot", birthDate="yesterday")
                 document["entry"][0] = dict(matches[0], resource=bad)
                 changed = True
+        if fault in ("validate_accepts_everything", "validate_refuses_valid_examples") and parts[-1:] == ["$validate"]:
+            severity = "information" if fault == "validate_accepts_everything" else "error"
+            status, changed = ("200 OK" if severity == "information" else "422 Unprocessable Entity"), True
+            document = {"resourceType": "OperationOutcome",
+                        "issue": [{"severity": severity, "code": "informational" if severity == "information"
+                                   else "invalid", "diagnostics": "seeded fault"}]}
         if fault == "export_without_content_location" and code == 202:
             headers = [(k, v) for k, v in headers if k.lower() != "content-location"]
         if fault == "invalid_export_line" and any("ndjson" in v for k, v in headers if k.lower() == "content-type"):
