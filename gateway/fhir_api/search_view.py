@@ -49,8 +49,11 @@ def _search(resource_type: str, pairs: list[tuple[str, str]]) -> Response:
         return outcome_response(400, "invalid", str(exc), exc.expression)
 
     base = f"{_base_url()}/{resource_type}"
-    kept = [(k, v) for k, v in pairs if k != "_cursor"]
-    links = [{"relation": "self", "url": f"{base}?{urlencode(pairs)}"}]
+    # the links carry only the parameters the search used: an ignored one is left out (search.html#errors)
+    ignored = set(query.unknown)
+    used = [(k, v) for k, v in pairs if k not in ignored]
+    kept = [(k, v) for k, v in used if k != "_cursor"]
+    links = [{"relation": "self", "url": f"{base}?{urlencode(used)}"}]
     if page.next_cursor:
         links.append({"relation": "next", "url": f"{base}?{urlencode(kept + [('_cursor', page.next_cursor)])}"})
     if page.previous_cursor:

@@ -79,6 +79,8 @@ def test_unknown_parameter_is_an_outcome_entry_or_400_when_strict(client, loaded
     assert outcome["resource"]["issue"] == [{"severity": "warning", "code": "not-supported",
                                              "diagnostics": "unknown search parameter 'shoe-size' for Patient: ignored",
                                              "expression": ["shoe-size"]}]
+    self_link = next(link["url"] for link in bundle["link"] if link["relation"] == "self")
+    assert self_link.endswith("/fhir/Patient?gender=male")          # the ignored parameter is not claimed as used
     strict = client.get("/fhir/Patient?gender=male&shoe-size=42", headers={"Prefer": "handling=strict"})
     assert strict.status_code == 400
     assert strict.get_json()["issue"][0]["code"] == "not-supported"
