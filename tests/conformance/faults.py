@@ -74,7 +74,7 @@ FAULTS: dict[str, Fault] = {
     "duplicate_gets_new_ack": ("hl7-duplicate-same-ack", "SHALL", "a resent message gets a different ACK", 'second send'),
     "original_mode_gets_ca": ("hl7-message-types-and-modes", "SHALL", "an original-mode message gets a commit ACK (CA)",
                               "original mode"),
-    "adverse_event_rejected": ("hl7-message-types-and-modes", "SHALL", "a good PEX^P07 gets AE", "PEX^P07"),
+    "adverse_event_rejected": ("hl7-message-types-and-modes", "SHALL", "a good PEX^P07 gets AR", "PEX^P07"),
     "ack_to_wrong_receiver": ("hl7-message-types-and-modes", "SHOULD", "the ACK's MSH-6 is not the sender",
                               "addressed back"),
     "garbage_acknowledged": ("hl7-malformed-framing", "SHALL", "a body that is not HL7 gets an AA ACK", "not HL7"),
@@ -304,7 +304,7 @@ class FaultyGateway:
                 if fault == "original_mode_gets_ca" and original_mode and fields[1] == b"AA":
                     fields[1] = b"CA"
                 if fault == "adverse_event_rejected" and b"|PEX^P07" in sent.split(b"\r")[0] and fields[1] in (b"AA", b"CA"):
-                    fields[1] = b"AE"
+                    fields[1] = b"AR"
                 if fault == "ack_wrong_msa2" and len(fields) > 2:
                     fields[2] = fields[2] + b"X"
                 if fault == "ack_rejects_good_message" and fields[1] in (b"AA", b"CA"):
