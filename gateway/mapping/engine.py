@@ -20,6 +20,10 @@ Which segments a resource made for a group may read is decided in ``gateway.mapp
 (its own group, then the groups that enclose it, then the message). A ``ref`` names the resource of
 that key made for an overlapping group (the Medication of the same PCR), else the message-level one.
 
+A file is checked when it loads (``checks.py``; element paths against R4 in ``cardinality.py``), every
+mistake a ``file:line: message``; when mapping, a converter's result is fitted to the element's R4
+cardinality (one item into a 0..1 element, a single value into a 0..* one; two into 0..1 is an error).
+
 The engine refuses to emit empty elements and resources without their ``required`` elements, gives
 every resource a temporary ``urn:uuid:`` id (the store replaces it), merges resources of one
 message that share an identifier (two orders by the same doctor make one Practitioner), and records
@@ -48,6 +52,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.hl7v2 import Hl7Error
 from gateway.mapping import cardinality
+from gateway.mapping.checks import at, check_arguments, check_condition, file_and_line, relocate, terminology_problems
 from gateway.mapping.datatypes import CONVERTERS
 from gateway.mapping.scoping import HL7_READER, NULL, FieldRef, MappingError, SourceLocation, made_for
 from gateway.mapping.terminology import Terminology
@@ -237,12 +242,12 @@ class MappingSpec:
     def from_dict(cls, data: dict, where: str = "mapping") -> "MappingSpec":
         """``where`` is the file name; with data from ``load_lined_yaml`` each mistake gets its line."""
         if not isinstance(data, dict) or not isinstance(data.get("resources"), list):
-            raise MappingError(f"{_at(where, data)}: a mapping needs 'name', 'source' and 'resources' (a list)")
+            raise MappingError(f"{at(where, data)}: a mapping needs 'name', 'source' and 'resources' (a list)")
         source = data.get("source", "hl7v2")
-        reader = reader_for(source, data, _at(where, data, "document" if "document" in data else None))
+        reader = reader_for(source, data, at(where, data, "document" if "document" in data else None))
         groups = {}
         for name, g in (data.get("groups") or {}).items():
-            groups[name] = reader.group(name, g, _at(where, data.get("groups"), name))
+            groups[name] = reader.group(name, g, at(where, data.get("groups"), name))
         problems: list[str] = []
         resources = []
         keys = {r.get("key") for r in data["resources"] if isinstance(r, dict)}
@@ -262,22 +267,22 @@ class MappingSpec:
     @classmethod
     def _resource(cls, spec: Any, where: str, keys: set, groups: dict, reader: Any) -> ResourceSpec:
         if not isinstance(spec, dict) or not spec.get("key") or not spec.get("type"):
-            raise MappingError(f"{_at(where, spec)}: a resource needs 'key' and 'type'")
-        rwhere = f"{_at(where, spec)}: resource '{spec.get('key')}'"
+            raise MappingError(f"{at(where, spec)}: a resource needs 'key' and 'type'")
+        rwhere = f"{at(where, spec)}: resource '{spec.get('key')}'"
         problems: list[str] = []
         if spec.get("for_each") and spec["for_each"] not in groups:
-            problems.append(f"{_at(where, spec, 'for_each')}: resource '{spec['key']}': for_each names unknown "
+            problems.append(f"{at(where, spec, 'for_each')}: resource '{spec['key']}': for_each names unknown "
                             f"group '{spec['for_each']}' (groups: {', '.join(groups) or 'none'})")
         resource_step = None
         try:
             resource_step = cardinality.root(spec["type"])
         except cardinality.ElementPathError as exc:
-            problems.append(f"{_at(where, spec, 'type')}: resource '{spec['key']}': {exc}")
+            problems.append(f"{at(where, spec, 'type')}: resource '{spec['key']}': {exc}")
         for key in ("when", "present"):
             if spec.get(key) is not None:
                 try:
-                    _check_condition(spec[key] if key == "when" else {"all": [{"present": p} for p in spec[key]]},
-                                     f"{_at(where, spec, key)}: resource '{spec['key']}', {key}", reader)
+                    check_condition(spec[key] if key == "when" else {"all": [{"present": p} for p in spec[key]]},
+                                     f"{at(where, spec, key)}: resource '{spec['key']}', {key}", reader)
                 except MappingError as exc:
                     problems.extend(exc.problems)
         try:
@@ -305,7 +310,7 @@ class MappingSpec:
             # a list: for 'x[]' every row appends; for a single element the first row with a value wins
             rules = rule if isinstance(rule, list) else [rule]
             for r in rules:
-                row_where = _relocate(where, line_of(r) if isinstance(r, dict) else line_of(rows, path))
+                row_where = relocate(where, line_of(r) if isinstance(r, dict) else line_of(rows, path))
                 try:
                     elements.append(cls._element(path, r, f"{row_where}, element '{path}'", keys, groups, prefix,
                                                  reader, parent))
@@ -346,7 +351,7 @@ class MappingSpec:
             element.children = cls._elements(rule["elements"], where, keys, groups or set(), element.location,
                                              reader, final)
         if element.when is not None:
-            _check_condition(element.when, f"{where}, when", reader)
+            check_condition(element.when, f"{where}, when", reader)
         if not isinstance(element.args, dict):
             raise MappingError(f"{where}: 'args' must be a mapping (name: value)")
         sources = rule.get("from")
@@ -359,7 +364,7 @@ class MappingSpec:
                                f"(known: {', '.join(sorted(CONVERTERS))})")
         element.func = CONVERTERS[element.converter or "string"]
         if element.converter:
-            _check_arguments(element, where)
+            check_arguments(element, where)
         if element.ref and element.ref not in keys:
             raise MappingError(f"{where}: ref names unknown resource '{element.ref}'")
         if not (element.sources or element.named_sources or element.ref or element.children or "value" in rule):
@@ -553,69 +558,6 @@ class MappingSpec:
 
 
 
-def _at(file: str, node: Any, key: Any = None) -> str:
-    """``file:line`` of ``node`` (or of its ``key``) when the file was read with line numbers."""
-    line = line_of(node, key)
-    return f"{file}:{line}" if line else file
-
-
-def _relocate(where: str, line: int | None) -> str:
-    """``where`` (``file[:line]: what``) with the line of a nearer row."""
-    if not line:
-        return where
-    head, _sep, rest = where.partition(": ")
-    return f"{head.split(':')[0]}:{line}: {rest}"
-
-
-_CONDITION_KEYS = {"any", "all", "not", "present", "absent", "field"}
-
-
-def _check_condition(when: Any, where: str, reader: Any) -> None:
-    """A ``when:`` (or ``present:``) condition parses: known keys, each path readable by the mapping."""
-    if not isinstance(when, dict) or not (set(when) & _CONDITION_KEYS):
-        raise MappingError(f"{where}: a condition is {{field: X, in: [...]}}, {{present: X}}, {{absent: X}}, "
-                           f"{{any: [...]}}, {{all: [...]}} or {{not: {{...}}}}; found {when!r}")
-    unknown = set(when) - _CONDITION_KEYS - {"in"}
-    if unknown:
-        raise MappingError(f"{where}: unknown condition key(s) {', '.join(sorted(map(str, unknown)))}")
-    for key in ("any", "all"):
-        if key in when:
-            if not isinstance(when[key], list):
-                raise MappingError(f"{where}: '{key}' takes a list of conditions")
-            for inner in when[key]:
-                _check_condition(inner, where, reader)
-    if "not" in when:
-        _check_condition(when["not"], where, reader)
-    for key in ("present", "absent", "field"):
-        if key in when:
-            if reader.source == "hl7v2":
-                FieldRef.parse(when[key], where)
-            elif when[key] not in getattr(reader, "condition_paths", {}):
-                reader.compile(when[key], where)
-    if "field" in when and not isinstance(when.get("in"), list):
-        raise MappingError(f"{where}: {{field: {when['field']}}} needs 'in: [values]'")
-
-
-def _check_arguments(element: ElementRule, where: str) -> None:
-    """Every ``args:`` name is a parameter of the converter, and its required ones are given."""
-    import inspect
-    parameters = list(inspect.signature(element.func).parameters.values())
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return
-    fed = {"ctx"} | set(element.named_sources) | ({parameters[1].name} if element.sources and len(parameters) > 1
-                                                   else set())
-    takes = [p.name for p in parameters if p.name not in fed and p.kind is not p.VAR_POSITIONAL]
-    unknown = [name for name in element.args if name not in takes]
-    if unknown:
-        raise MappingError(f"{where}: converter '{element.converter}' takes no argument "
-                           f"{', '.join(repr(n) for n in unknown)} (it takes: {', '.join(takes) or 'none'})")
-    missing = [p.name for p in parameters if p.name not in fed and p.name not in element.args
-               and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if missing and element.sources:
-        raise MappingError(f"{where}: converter '{element.converter}' needs argument(s) "
-                           f"{', '.join(repr(n) for n in missing)} under 'args'")
-
-
 def _temp_id() -> str:
     """A ``urn:uuid:`` (random, version 4) for a resource until the store gives it an id. Built from
     ``getrandbits`` (reseeded in forked workers) rather than ``uuid.uuid4()``: a fifth of the cost."""
@@ -772,7 +714,7 @@ def load_mappings(directory: str | Path, files: list[Path] | None = None,
             problems.extend(terminology_problems(spec, terminology))
         problems.extend(f"code_systems.yaml: alias '{alias}' names '{name}', which is not under coding_systems"
                         for alias, name in terminology.aliases.items() if name not in terminology.coding_systems)
-    problems.sort(key=_file_and_line)
+    problems.sort(key=file_and_line)
     claimed: dict[str, str] = {}
     for spec in specs:
         for message_type in spec.message_types:
@@ -780,37 +722,3 @@ def load_mappings(directory: str | Path, files: list[Path] | None = None,
                 problems.append(f"{spec.name}: {message_type} is claimed by both {claimed[message_type]} and {spec.name}")
             claimed.setdefault(message_type, spec.name)
     return specs, problems
-
-
-def _file_and_line(problem: str) -> tuple[str, int]:
-    head = problem.split(": ", 1)[0]
-    file, _sep, line = head.rpartition(":")
-    return (file, int(line)) if line.isdigit() else (head, 0)
-
-
-_TABLE_ARGUMENTS = ("table", "original")
-_SYSTEM_ARGUMENTS = ("system", "default_system")
-
-
-def terminology_problems(spec: MappingSpec, terminology: Terminology) -> list[str]:
-    """Tables (``args: {table: "0250"}``) and code systems (``args: {system: CN-NMPA}``) a mapping
-    names that ``tables.yaml`` and ``code_systems.yaml`` do not have."""
-    problems: list[str] = []
-
-    def rows(rules: list[ElementRule]) -> None:
-        for rule in rules:
-            for name in _TABLE_ARGUMENTS:
-                table = rule.args.get(name)
-                if isinstance(table, (str, int)) and not ({str(table), f"{table}-display"} & set(terminology.tables)):
-                    problems.append(f"{rule.where}: table '{table}' is not in tables.yaml")
-            for name in _SYSTEM_ARGUMENTS:
-                system = rule.args.get(name)
-                if isinstance(system, str) and "{" not in system and not terminology.coding_system(system)[1]:
-                    problems.append(f"{rule.where}: code system '{system}' is not in code_systems.yaml "
-                                    "(add it under coding_systems or aliases, or write its URI)")
-            rows(rule.children)
-
-    for resource in spec.resources:
-        rows(resource.elements)
-    return list(dict.fromkeys(problems))
-
