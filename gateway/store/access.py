@@ -59,6 +59,7 @@ PER_ORGANIZATION_COPIES = frozenset({"Patient", "Person", "Organization", "Pract
 GATEWAY_OWNED = frozenset({"Person"})
 # a pharmacy's dispense moves the order it fills to its next status, and nothing else
 DISPENSERS = {"pharmacy": {"MedicationRequest": frozenset({"completed"})}}
+_DISPENSED_TYPES = frozenset(t for moves in DISPENSERS.values() for t in moves)
 
 # (organization, res_type) -> a SELECT of res_id routed to that organization (routing's outbox)
 RoutedQuery = Callable[[str, str], Any]
@@ -231,7 +232,7 @@ def matchable_conditions(res_type_col, res_id_col, resource_type: str | None = N
     sender = _sender.get()
     if _operator.get() or sender is None:
         return []
-    if purpose != "change" and resource_type is not None and resource_type in _dispensed_by(sender):
+    if purpose != "change" and resource_type in _DISPENSED_TYPES and resource_type in _dispensed_by(sender):
         return []
     return [_owned_by(sender, res_type_col, res_id_col)]
 
