@@ -90,12 +90,35 @@ def _case_html(result: CaseResult) -> str:
     return "".join(parts)
 
 
+AREA_VERDICT = {"fail": ("Not conformant: must be fixed", "fail"), "error": ("Could not be tested", "error"),
+                "warn": ("Conformant, with recommendations not followed", "warn"), "pass": ("Conformant", "pass"),
+                "skip": ("Not tested here (see why below)", "skip")}
+
+
+def _areas_html(report: KitReport) -> str:
+    """One line per area (FHIR search, HL7 v2 messaging, ...): the verdict a project manager needs."""
+    areas: dict[str, list[CaseResult]] = {}
+    for result in report.results:
+        areas.setdefault(result.area or "Other", []).append(result)
+    rows = []
+    for area, results in areas.items():
+        worst = next((s for s in ("error", "fail", "warn", "pass", "skip") if any(r.status == s for r in results)))
+        text, css = AREA_VERDICT[worst]
+        checks = [c for r in results for c in r.checks]
+        counts = ", ".join(f"{sum(c.status == k for c in checks)} {CHECK_LABEL[k]}" for k in CHECK_LABEL
+                           if any(c.status == k for c in checks))
+        rows.append(f'<tr data-area="{html.escape(area)}"><td>{html.escape(area)}</td><td class="{css}">{text}</td>'
+                    f"<td>{len(results)} case(s); {counts or 'no checks'}</td></tr>")
+    return ('<h2>At a glance</h2><table class="summary areas"><thead><tr><th>Area</th><th>Verdict</th>'
+            f"<th>Checked</th></tr></thead><tbody>{''.join(rows)}</tbody></table><h2>Cases</h2>")
+
+
 def render_html(report: KitReport) -> str:
     """The whole report as one self-contained HTML page (no scripts, no external assets)."""
     rows = "".join(
         f'<tr data-case-id="{html.escape(r.id)}"><td><a href="#case-{html.escape(r.id)}">{html.escape(r.id)}</a></td>'
         f'<td class="{r.status}">{STATUS_LABEL[r.status]}</td><td>{html.escape(r.title)}</td>'
-        f"<td>{html.escape(r.message)}</td></tr>" for r in report.results)
+        f"<td>{html.escape(r.message[:400])}{'...' if len(r.message) > 400 else ''}</td></tr>" for r in report.results)
     verdict = "PASSED" if report.ok else "FAILED"
     return (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -112,6 +135,7 @@ def render_html(report: KitReport) -> str:
         "(must): fix it before go-live. WARNING means it does not follow a recommendation (SHOULD): clients "
         "will cope, but it is worth fixing. SKIPPED means the case could not run here (the reason is given); it "
         "is not a pass. Each case below says why it matters and links the section of the specification.</p>"
+        + _areas_html(report) +
         "<table class=\"summary\"><thead><tr><th>Case</th><th>Result</th><th>What</th><th>Detail</th></tr>"
         f"</thead><tbody>{rows}</tbody></table>"
         + "".join(_case_html(r) for r in report.results) + "</body></html>")

@@ -87,6 +87,7 @@ class CaseResult:
     source: str = ""
     checks: list[Check] = field(default_factory=list)
     level: str = "SHALL"
+    area: str = ""              # what a reader groups it under: FHIR search, HL7 v2 messaging, ...
 
     def check(self, name: str, ok: bool, message: str = "", level: str | None = None, spec: str = "") -> bool:
         """Record one assertion; a failure is ``fail`` at SHALL level and ``warn`` at SHOULD level."""
@@ -583,7 +584,8 @@ def run_case(ctx: KitContext, case: dict) -> CaseResult:
     The case's status follows its checks: any failed SHALL check -> ``fail``; only failed SHOULD
     checks -> ``warn``; nothing could be checked -> ``skip`` with the reason; else ``pass``."""
     result = CaseResult(case["id"], case["title"], case["spec"], (case.get("why") or "").strip(), "pass",
-                        source=case.get("_source", ""), level=case.get("level", "SHALL"))
+                        source=case.get("_source", ""), level=case.get("level", "SHALL"),
+                        area=case.get("area", ""))
     started = time.monotonic()
     skipped = ""
     try:

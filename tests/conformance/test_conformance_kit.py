@@ -44,6 +44,7 @@ def test_case_files_are_complete():
         assert case["spec"].startswith(("http://hl7.org/fhir/R4/", "https://www.hl7.org/", "https://hl7.org/fhir/")), case["id"]
         assert case.get("why"), case["id"]
         assert case["_source"] == f"{case['id']}.yaml"
+        assert case.get("area"), case["id"]
 
 
 def test_kit_passes_against_the_gateway_over_http(app):
@@ -193,6 +194,9 @@ def test_html_and_junit_reports_from_the_cli(shared_gateway, tmp_path: Path):
     assert failed.xpath(".//tr[@data-status='fail']")                           # the failing check listed
     assert token not in lxml.html.tostring(page, encoding="unicode")            # tokens are masked
     assert "SHALL" in page.text_content() and "SHOULD" in page.text_content()   # how to read it
+    areas = {row.get("data-area"): row.xpath("string(td[2])") for row in page.xpath("//tr[@data-area]")}
+    assert areas["FHIR REST basics"] == "Not conformant: must be fixed"        # read-unknown-id failed
+    assert areas["HL7 v2 messaging"].startswith("Not tested here")             # no --hl7 given
 
     suite = etree.parse(str(junit_path)).getroot()
     assert suite.tag == "testsuite"
