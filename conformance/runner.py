@@ -662,7 +662,7 @@ def gen_paging(ctx: KitContext, case: dict, result: CaseResult) -> None:
 def _walk_pages(ctx: KitContext, case: dict, result: CaseResult, resource_type: str, count: int) -> bool:
     url: str | None = f"{resource_type}?_count={count}"
     seen: list[str] = []
-    total, pages, limit = None, 0, int(case.get("max_pages", 200))
+    total, pages, limit, linked = None, 0, int(case.get("max_pages", 200)), False
     while url:
         pages += 1
         if pages > limit:
@@ -681,13 +681,17 @@ def _walk_pages(ctx: KitContext, case: dict, result: CaseResult, resource_type: 
             seen.append(f"{resource.get('resourceType')}/{resource.get('id')}")
         nxt = next((link.get("url") for link in document.get("link", []) or [] if link.get("relation") == "next"), None)
         url = urljoin(ctx.fhir_base + "/", nxt) if nxt else None
+        linked = linked or bool(nxt)
     if len(seen) < 2 and (total is None or total < 2):
         return False
     result.notes.append(f"{resource_type}: {pages} page(s), {len(seen)} match(es), total {total}")
     repeated = sorted({ref for ref in seen if seen.count(ref) > 1})
     result.check(f"{resource_type}: no match on more than one page", not repeated,
                  f"entries seen on more than one page: {', '.join(repeated)}")
-    if pages <= limit:
+    if not linked and total is not None and total > len(seen):
+        result.check(f"{resource_type}: a page holding part of the matches links to the rest (next)", False,
+                     f"Bundle.total is {total}, the page holds {len(seen)} and has no next link", level="SHOULD")
+    elif pages <= limit:
         result.check(f"{resource_type}: Bundle.total equals the matches on all pages",
                      total is None or total == len(seen), f"Bundle.total is {total} but the pages held {len(seen)} matches")
     return True

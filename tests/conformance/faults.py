@@ -58,6 +58,8 @@ FAULTS: dict[str, Fault] = {
     "include_ignored": ("search-result-parameters", "SHALL", "_include is claimed but ignored", '_include'),
     "revinclude_ignored": ("search-result-parameters", "SHALL", "_revinclude is claimed but ignored", '_revinclude'),
     "sort_ignored": ("search-result-parameters", "SHALL", "_sort is claimed but ignored", '_sort'),
+    "self_link_claims_ignored_parameter": ("search-result-parameters", "SHALL",
+                                           "the self link names a parameter the search ignored", "self link"),
     "summary_count_ignored": ("search-result-parameters", "SHOULD", "_summary=count returns the resources", '_summary=count'),
     "elements_ignored": ("search-result-parameters", "SHOULD", "_elements returns whole resources", '_elements'),
     "strict_handling_ignored": ("search-result-parameters", "SHOULD", "Prefer: handling=strict is ignored", 'handling=strict'),
@@ -258,6 +260,12 @@ class FaultyGateway:
             has_next = any(l.get("relation") == "next" for l in document.get("link", []) or [])
             if fault == "paging_drops" and has_next and matches:
                 document["entry"] = [e for e in document["entry"] if e is not matches[0]]
+                changed = True
+            if fault == "self_link_claims_ignored_parameter" and "conformance-kit-unknown-parameter" in \
+                    environ.get("QUERY_STRING", ""):
+                for link in document.get("link", []) or []:
+                    if link.get("relation") == "self":
+                        link["url"] += "&conformance-kit-unknown-parameter=1"
                 changed = True
             if fault == "total_lies" and isinstance(document.get("total"), int):
                 document["total"] += 1

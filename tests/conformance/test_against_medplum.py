@@ -23,9 +23,6 @@ KNOWN_VIOLATIONS = {
         "search.html#quantity: a quantity parameter searched with a number alone matches every value "
         "with that number whatever its units; the in-memory repository finds nothing for the claimed "
         "value-quantity and combo-value-quantity",
-    r"^\w+ next links of a _count=1 search give each match once$|^\w+: Bundle.total equals the matches on all pages$":
-        "http.html#paging and search.html#count: with _count=1 and two matches the page holds one "
-        "match, Bundle.total says 2, and there is no next link, so the second match cannot be reached",
     r"^search NoSuchResourceType$":
         "http.html#Status-Codes: a request for a resource type the server does not support is "
         "404 Not Found; the router answers 200 with an empty searchset",
@@ -83,3 +80,6 @@ def test_every_fail_against_medplum_is_a_real_r4_violation(medplum_base):
     assert any(c.name == "Patient vread of the version the server gave" and c.status == "pass"
                for c in interactions.checks)          # Medplum's version ids are UUIDs
     assert report.result("profile-validation").status == "pass"    # plain R4 resources are not held to Lecheng
+    # one page of two matches without a next link is reported, as a SHOULD (R4 leaves paging links to
+    # best practice), never as a failure
+    assert report.result("paging-next-links").status == "warn", _skips(report)
