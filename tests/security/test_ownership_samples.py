@@ -80,3 +80,35 @@ EXPECTED = {      # every sample names a clinical record its real sender owns
     "oru_r01_device_use.hl7": "AE",            # the device-use report numbers are BOAO_RUIJIN's
     "pex_p07_adverse_event.hl7": "AE",         # the adverse event report is BOAO's
 }
+
+
+# ------------------------------------------------------------------ documents
+
+DOCUMENTS = {       # sample -> (mapping, the facility codes it carries)
+    "device_first_use.csv": ("device_first_use", ["BOAO_RUIJIN_HOSPITAL", "BOAO_SUPER_HOSPITAL"]),
+    "device_register_gb18030.csv": ("device_register_gb18030", ["BOAO_EVERGREEN_CENTER"]),
+    "hospital_prescription.xml": ("hospital_prescription", ["SANYA_PEOPLES_HOSPITAL"]),
+    "hospital_prescription_erx2.xml": ("hospital_prescription_erx2", ["SANYA_PEOPLES_HOSPITAL"]),
+    "online_clinic_prescription.json": ("online_clinic_prescription", ["HAINAN_MED_UNIV_HOSP1"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTS))
+def test_another_hospital_sending_a_document_as_itself_never_touches_the_senders_records(
+        name, client, client_as, gateway):
+    """A document's identifiers carry its sending facility, so the other hospital's copy is its own
+    records (stored, 200), and the real senders' records stay exactly as they were."""
+    mapping, facilities = DOCUMENTS[name]
+    raw = sample(name)
+    response = client.post(f"/ingest/{mapping}", data=raw, content_type="application/octet-stream")   # admin
+    assert response.status_code == 200, response.get_json()
+    before = _everything_but(gateway, OTHER)
+    assert set(before) == set(facilities)
+    for facility in facilities:
+        raw = raw.replace(facility.encode(), OTHER.encode())
+    response = client_as("hospital", OTHER).post(f"/ingest/{mapping}", data=raw,
+                                                 content_type="application/octet-stream")
+    assert response.status_code == 200, response.get_json()
+    assert _everything_but(gateway, OTHER) == before, name
+    theirs = owned_by(gateway, OTHER)
+    assert theirs and all(len(versions) == 1 for versions in theirs.values())     # new records, its own
