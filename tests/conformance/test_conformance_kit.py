@@ -119,11 +119,11 @@ def shared_gateway(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smart_gateway(tmp_path_factory):
-    """A gateway whose tokens live 2 s (so the kit can see one expire) and a backend client whose
+    """A gateway whose tokens live 4 s (so the kit can see one expire) and a backend client whose
     private key the kit signs its assertions with, as a vendor's test client would."""
     from cryptography.hazmat.primitives import serialization
     directory = tmp_path_factory.mktemp("smart")
-    app = create_app({"DATA_DIR": str(directory), "TESTING": True, "TOKEN_LIFETIME_SECONDS": 2})
+    app = create_app({"DATA_DIR": str(directory), "TESTING": True, "TOKEN_LIFETIME_SECONDS": 4})
     register(app, "conformance-kit", "admin")
     key = directory / "client-key.pem"
     key.write_bytes(session_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
