@@ -288,3 +288,20 @@ def test_writing_a_version_never_widens_who_reads_it(victim, boao, hmu, client_a
     assert [t["code"] for t in stored["meta"]["tag"]] == [BOAO]
     assert hmu.get(f"/fhir/MedicationRequest/{order['id']}").status_code == 404
     assert boao.get(f"/fhir/MedicationRequest/{order['id']}").status_code == 200
+
+
+def test_b_s_dispense_waiting_for_an_order_number_is_never_linked_to_a_s_order(boao, hmu, gateway, client):
+    """"Link": a hospital's dispense naming an order number nobody has sent yet waits; when A then
+    sends that order, A's message does not link (nor otherwise change) B's record, and B's record
+    does not reach A's order. A pharmacy's waiting dispense is linked (tests/ingest/test_reports_over_http.py)."""
+    rds = sent_by_hmu(sample("rds_o13_dispense.hl7"), (b"BSH-RX-0001^BOAO_HIS", b"BSH-RX-0009^BOAO_HIS"))
+    _response, segments = post_hl7(hmu, rds)
+    assert ack_segment(segments, "MSA")[1] == "AE" and ack_segment(segments, "ERR")[3].startswith("204^")
+    waiting = owned_by(gateway, HMU)
+    assert any(t == "MedicationDispense" for t, _i in waiting)
+    order = sample("rde_o11_new_imported.hl7").replace(b"BSH-RX-0001^BOAO_HIS", b"BSH-RX-0009^BOAO_HIS")
+    _response, segments = post_hl7(boao, order)
+    assert ack_segment(segments, "MSA")[1] == "AA", segments
+    assert not any("is linked now" in "|".join(s) for s in segments if s[0] == "ERR")
+    assert owned_by(gateway, HMU) == waiting
+    assert _order(client, "BSH-RX-0009")["meta"]["versionId"] == "1"
