@@ -278,6 +278,11 @@ class MappingSpec:
             resource_step = cardinality.root(spec["type"])
         except cardinality.ElementPathError as exc:
             problems.append(f"{at(where, spec, 'type')}: resource '{spec['key']}': {exc}")
+        for name in (spec.get("required") or []) if resource_step is not None else []:
+            try:
+                cardinality.step(resource_step, str(name))
+            except cardinality.ElementPathError as exc:
+                problems.append(f"{at(where, spec, 'required')}: resource '{spec['key']}', required: {exc}")
         for key in ("when", "present"):
             if spec.get(key) is not None:
                 try:

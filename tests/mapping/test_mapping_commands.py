@@ -20,6 +20,7 @@ groups:
 resources:
   - key: patient
     type: Patient
+    required: [identifier, nmae]
     elements:
       identifer: {from: PID-3, as: identifiers}
       gender: {from: PID-8, as: table, args: {table: "9999"}}
@@ -60,20 +61,22 @@ def test_check_names_every_mistake_with_its_file_and_line(capsys, mappings_dir):
     (mappings_dir / "broken.yaml").write_text(BROKEN, encoding="utf-8")
     assert main(["mappings", "check", "mappings/broken.yaml"]) == 1
     assert capsys.readouterr().out.splitlines() == [
-        "mappings/broken.yaml:10: resource 'patient', element 'identifer': 'Patient.identifer' is not an element "
+        "mappings/broken.yaml:9: resource 'patient', required: 'Patient.nmae' is not an element of R4 Patient "
+        "(did you mean 'name'?)",
+        "mappings/broken.yaml:11: resource 'patient', element 'identifer': 'Patient.identifer' is not an element "
         "of R4 Patient (did you mean 'identifier'?)",
-        "mappings/broken.yaml:11: resource 'patient', element 'gender': table '9999' is not in tables.yaml",
-        "mappings/broken.yaml:14: resource 'order': for_each names unknown group 'ordr' (groups: order)",
-        "mappings/broken.yaml:19: resource 'event', when: a condition is {field: X, in: [...]}, {present: X}, "
+        "mappings/broken.yaml:12: resource 'patient', element 'gender': table '9999' is not in tables.yaml",
+        "mappings/broken.yaml:15: resource 'order': for_each names unknown group 'ordr' (groups: order)",
+        "mappings/broken.yaml:20: resource 'event', when: a condition is {field: X, in: [...]}, {present: X}, "
         "{absent: X}, {any: [...]}, {all: [...]} or {not: {...}}; found {'feild': 'PID-3'}",
-        "mappings/broken.yaml:21: resource 'event', element 'identifier[0]': AdverseEvent.identifier is a single "
+        "mappings/broken.yaml:22: resource 'event', element 'identifier[0]': AdverseEvent.identifier is a single "
         "element (0..1 in R4): write 'identifier', not 'identifier[0]'",
-        "mappings/broken.yaml:22: resource 'event', element 'subject': ref names unknown resource 'patiant'",
-        "mappings/broken.yaml:23: resource 'event', element 'seriousness': converter 'table_concept' takes no "
+        "mappings/broken.yaml:23: resource 'event', element 'subject': ref names unknown resource 'patiant'",
+        "mappings/broken.yaml:24: resource 'event', element 'seriousness': converter 'table_concept' takes no "
         "argument 'orignal' (it takes: table, original)",
-        "mappings/broken.yaml:24: resource 'event', element 'date': 'PEO-3x' is not a field reference like "
+        "mappings/broken.yaml:25: resource 'event', element 'date': 'PEO-3x' is not a field reference like "
         "'RXE-2' or 'PID-3.4'",
-        "mappings/broken.yaml:25: resource 'event', element 'category[]': code system 'MedDRAx' is not in "
+        "mappings/broken.yaml:26: resource 'event', element 'category[]': code system 'MedDRAx' is not in "
         "code_systems.yaml (add it under coding_systems or aliases, or write its URI)",
     ]
 
@@ -92,7 +95,7 @@ def test_the_gateway_refuses_to_start_on_a_broken_mapping_with_the_same_messages
     listed = capsys.readouterr().out.splitlines()
     assert main(["--data-dir", str(tmp_path / "var"), "convert", str(SAMPLES / "rde_o11_cancel.hl7")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[:-1] == [f"error: {line}" for line in listed] and len(listed) == 9
+    assert err[:-1] == [f"error: {line}" for line in listed] and len(listed) == 10
     assert "Traceback" not in "\n".join(err)
     with pytest.raises(Exception) as refused:            # the app factory (gunicorn's wsgi.py) too
         from gateway import create_app
@@ -131,4 +134,4 @@ def test_mappings_test_takes_a_mapping_file_not_yet_in_the_directory(capsys, map
     (tmp_path / "broken.yaml").write_text(BROKEN, encoding="utf-8")
     assert main(["mappings", "test", str(tmp_path / "broken.yaml"), str(SAMPLES / "rde_o11_cancel.hl7")]) == 2
     err = capsys.readouterr().err.splitlines()            # named relative to the working directory
-    assert err[0].startswith("broken.yaml:10: ") and err[1].startswith("broken.yaml:11: ") and len(err) == 9
+    assert err[0].startswith("broken.yaml:9: ") and err[1].startswith("broken.yaml:11: ") and len(err) == 10
