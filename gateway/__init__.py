@@ -34,4 +34,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(admin_blueprint)          # /admin/deliveries (routing)
     from gateway.ingest.admin import message_admin_blueprint
     app.register_blueprint(message_admin_blueprint)  # /admin/messages (the message log)
+    from gateway.console import install_console
+    install_console(app)                             # /console: the operators' web pages
     return app

@@ -84,7 +84,7 @@ def cmd_messages_show(args: argparse.Namespace) -> int:
         print(f"  {ref}")
     print("deliveries:" + ("" if found.deliveries else " none"))
     for d in found.deliveries:
-        print(f"  {d['id']:>6} {d['destination']:22} {d['status']:9} tries {d['attempts']}  {d.get('last_error') or ''}")
+        print(f"  {d['id']:>6} {d['destination']:22} {d['status']:9} tries {d['attempts']}  {d.get('lastError') or ''}")
     for replay in found.detail.get("replays", []):
         print(f"replayed {replay['at']} by {replay['by']} (was {replay['status']}, {replay.get('ack_code') or '-'})")
     if found.detail.get("recovered"):

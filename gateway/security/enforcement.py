@@ -300,7 +300,7 @@ def _write_audit(status: int, response: Response | None, failure: str | None = N
     principal: Principal | None = g.get("principal")
     client_id = principal.client_id if principal else g.get("token_client_id")
     view_args = request.view_args or {}
-    activity = ACTIVITY.get(endpoint or "", "admin" if request.blueprint in ("admin", "message_admin") else
+    activity = ACTIVITY.get(endpoint or "", "admin" if request.blueprint in ("admin", "message_admin", "console") else
                             ("ingest" if request.blueprint == "ingest" else "other"))
     entity_type = view_args.get("resource_type") or ("AuditEvent" if endpoint and "audit" in endpoint else None)
     entity_id = view_args.get("resource_id") or view_args.get("event_id")
