@@ -118,17 +118,14 @@ function checkBindings(value, typeName, issues, where, elements = elementsByType
   if (!elements || value === null || typeof value !== 'object') return;
   for (const [key, raw] of Object.entries(value)) {
     if (key.startsWith('_') || key === 'resourceType') continue;
-    let [element, choiceType] = elementFor(elements, base, key);
+    const [element, choiceType] = elementFor(elements, base, key);
     if (!element) continue;              // unknown elements are Medplum's to report
     const items = Array.isArray(raw) ? raw : [raw];
     items.forEach((item, i) => {
       const at = Array.isArray(raw) ? `${where}.${key}[${i}]` : `${where}.${key}`;
-      let target = element;
-      let ownElements = elements;
-      if (element.contentReference) {
-        const ref = element.contentReference.slice(1);
-        target = elements.get(ref) || element;
-        checkBindings(item, typeName, issues, at, elements, ref);
+      const target = element;
+      if (element.contentReference) {      // e.g. Questionnaire.item.item: the referenced element's children
+        checkBindings(item, typeName, issues, at, elements, element.contentReference.slice(1));
         return;
       }
       const typeCode = choiceType || ((target.type || [])[0] || {}).code;
@@ -138,7 +135,7 @@ function checkBindings(value, typeName, issues, where, elements = elementsByType
         if (issue) issues.push(issue);
       }
       if (typeCode === 'BackboneElement' || typeCode === 'Element') {
-        checkBindings(item, typeName, issues, at, ownElements, target.path);
+        checkBindings(item, typeName, issues, at, elements, target.path);
       } else if (typeCode === 'Resource' && item && item.resourceType) {
         checkBindings(item, item.resourceType, issues, at);
       } else if (typeCode && elementsByType.has(typeCode) && typeCode[0] === typeCode[0].toUpperCase()) {
