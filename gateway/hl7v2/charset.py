@@ -116,8 +116,10 @@ def partial_msh_from_bytes(raw: bytes, codec: str = "utf-8") -> dict:
     return partial_msh_from_text(text)
 
 
-def _charset_error(text: str, raw: bytes, codec: str = "utf-8") -> Hl7ParseError:
-    return Hl7ParseError([Hl7Error(text, "MSH", 1, 18, code="207")],
+def _charset_error(text: str, raw: bytes, codec: str = "utf-8", code: str = "102") -> Hl7ParseError:
+    """102 (data type error): the bytes are not text of the character set; 103 for an MSH-18 name
+    this gateway does not know (table 0211). Never 207: resending the same bytes cannot help."""
+    return Hl7ParseError([Hl7Error(text, "MSH", 1, 18, code=code)],
                          partial_msh_from_bytes(raw, codec))
 
 
@@ -156,7 +158,7 @@ def decode_message(raw: bytes, fallback_charset: str = "gb18030") -> tuple[str, 
         if found is None:
             raise _charset_error(
                 f"{_field_label()} declares {declared!r}, which this gateway cannot decode "
-                f"(supported: {_SUPPORTED_NAMES})", raw)
+                f"(supported: {_SUPPORTED_NAMES})", raw, code="103")
         codec, warning = found
         if warning:
             warnings.append(warning)

@@ -11,6 +11,22 @@ failed message can be fixed and replayed. Where the ACK codes are decided:
 * **AE**: the message was read, but a value is wrong (bad date, unknown table code), a resource
   breaks its profile, or an order number clashes; ERR names segment, field and why;
 * **AA**: stored (and queued for routing); warnings go back as ERR segments with severity W.
+
+A **safety report** (a message whose mapping makes an AdverseEvent) is validated in the context
+``safety-report``: a profile rule marked ``warning-in-context: safety-report`` (profiles/README,
+"Context") is a warning there, so a report of harm is never refused for missing administrative
+detail (an imported device without its pilot-zone approval). What is stored despite such a rule is
+flagged with ``meta.tag`` :data:`REPORT_FLAG_SYSTEM` | ``needs-review``, and so is the report's
+AdverseEvent: ``AdverseEvent?_tag=<system>|needs-review`` finds them.
+
+ERR-3 codes (HL7 table 0357) say whether resending can help. Validation issues map by their
+OperationOutcome code (:data:`ERROR_CODE_OF_ISSUE`): ``required`` and ``invariant`` (the profiles'
+invariants are conditional requirements: "an imported drug needs its approval") -> 101 required
+field missing; ``structure`` and ``extension`` -> 102 data type error; ``code-invalid`` and
+``value`` (bindings, fixed and pattern values) -> 103 table value not found; anything else
+(``processing``: a rule that could not be evaluated) -> 207 application internal error. 207 is
+kept for the gateway's own failures, which a resend may get past; a 100-series code tells the
+sender's engine the message itself must change.
 """
 from __future__ import annotations
 
@@ -33,6 +49,13 @@ from gateway.validation import Issue, Validator
 log = logging.getLogger(__name__)
 
 MAX_WARNINGS_IN_ACK = 20
+SAFETY_REPORT = "safety-report"
+REPORT_FLAG_SYSTEM = "https://lecheng-fhir-gateway.org/fhir/CodeSystem/report-flag"
+NEEDS_REVIEW = {"system": REPORT_FLAG_SYSTEM, "code": "needs-review",
+                "display": "Stored despite a profile rule relaxed for a safety report; review it"}
+# validation issue code (OperationOutcome issue-type) -> HL7 table 0357 (ERR-3); see the docstring
+ERROR_CODE_OF_ISSUE = {"required": "101", "invariant": "101", "structure": "102", "extension": "102",
+                       "code-invalid": "103", "value": "103"}
 Z_SEGMENTS_EXTENSION = "{base}/StructureDefinition/hl7v2-unmapped-segments"
 
 
@@ -117,7 +140,7 @@ class Hl7Pipeline:
         if bound is not None and message.sending_facility != bound:
             error = Hl7Error(text=f"MSH-4 sending facility '{message.sending_facility}' is not this client's "
                              f"organization '{bound}': a client sends only as itself; nothing was stored",
-                             segment="MSH", sequence=1, field=4, code="207")
+                             segment="MSH", sequence=1, field=4, code="103")   # not in this client's table 0362
             return self._finish(log_id, message, AckCode.AR, [error], [], "rejected")
 
         earlier = self.log.earlier_arrivals(log_id, message.sending_facility, message.control_id)
@@ -192,9 +215,20 @@ class Hl7Pipeline:
         validated as it will be stored (``_check``), written, one Provenance (``provenance(changed)``)
         for what changed, and the routing hook (``origin``: the Hl7Message, or a document's origin
         with ``message_type`` and ``sending_facility``). Raises UpsertRejected: nothing stored."""
+        context = SAFETY_REPORT if any(m.type == "AdverseEvent" for m in resources) else None
+        relaxed: list[MappedResource] = []       # resources stored although a relaxed rule failed
+
+        def check(mapped: MappedResource, resource: dict) -> tuple[list[UpsertProblem], list[str]]:
+            problems, warnings, was_relaxed = self._check(mapped, resource, context)
+            if was_relaxed:
+                relaxed.append(mapped)
+            if relaxed and mapped.type == "AdverseEvent" and not problems:
+                _flag(resource, keep_profile=True)   # the report of what was stored despite a rule (written after it)
+            return problems, warnings
+
         # the sending facility is tagged on what is stored (meta.tag, gateway/store/access.py)
         with sending_as(getattr(origin, "sending_facility", None) or current_sender()), self.store.write() as tx:
-            outcome = apply_mapped(tx, resources, source, self._check)
+            outcome = apply_mapped(tx, resources, source, check)
             written = list(outcome.written)
             changed = [r for _m, r, action in written if action in ("create", "update")]
             if changed:
@@ -203,20 +237,25 @@ class Hl7Pipeline:
         return StoredResources(written, list(outcome.warnings), list(outcome.unresolved),
                                list(getattr(routed, "held", None) or []))
 
-    def _check(self, mapped: MappedResource, resource: dict) -> tuple[list[UpsertProblem], list[str]]:
-        """Validate a resource as it is about to be stored; conforming ones get meta.profile."""
-        issues: list[Issue] = self.validator.validate(resource)
+    def _check(self, mapped: MappedResource, resource: dict,
+               context: str | None = None) -> tuple[list[UpsertProblem], list[str], bool]:
+        """Validate a resource as it is about to be stored (in ``context``, e.g. a safety report).
+        Conforming ones get meta.profile; one that passes only because a rule was relaxed in the
+        context gets the needs-review flag instead. Returns (problems, warnings, relaxed)."""
+        issues: list[Issue] = self.validator.validate(resource, context=context)
         problems = [UpsertProblem(mapped, f"{issue.expression or mapped.type}: {issue.diagnostics}",
-                                  "101" if issue.code == "required" else "207",
-                                  _element_of(issue.expression))
+                                  ERROR_CODE_OF_ISSUE.get(issue.code, "207"), _element_of(issue.expression))
                     for issue in issues if issue.severity in ("fatal", "error")]
         warnings = [f"{issue.expression or mapped.type}: {issue.diagnostics}"
                     for issue in issues if issue.severity == "warning"]
-        if not problems:
+        was_relaxed = any(issue.relaxed_in for issue in issues)
+        if not problems and was_relaxed:
+            _flag(resource)
+        elif not problems:
             profiles = self.validator.registry.profiles_for(resource["resourceType"])
             if profiles:
                 resource.setdefault("meta", {})["profile"] = list(profiles)
-        return problems, warnings
+        return problems, warnings, was_relaxed
 
     def _problem_error(self, mapped: MappedResource, text: str, code: str, element: str | None) -> Hl7Error:
         where = mapped.source_of(f"{mapped.type}.{element}") if element else None
@@ -298,6 +337,18 @@ def provenance_record(base: str, changed: list[dict], source: str, facility: str
                            "display": who_display}}],
         "entity": [{"role": "source", "what": {"identifier": what, "display": what_display}}],
     }
+
+
+def _flag(resource: dict, keep_profile: bool = False) -> None:
+    """Tag ``needs-review`` on a resource about to be stored (once); one that does not conform
+    (``keep_profile`` False) claims no profile either."""
+    meta = resource.setdefault("meta", {})
+    if not keep_profile:
+        meta.pop("profile", None)
+    tags = meta.setdefault("tag", [])
+    if not any(isinstance(t, dict) and t.get("system") == REPORT_FLAG_SYSTEM and t.get("code") == "needs-review"
+               for t in tags):
+        tags.append(dict(NEEDS_REVIEW))
 
 
 def _element_of(expression: str | None) -> str | None:

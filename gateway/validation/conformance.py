@@ -49,15 +49,16 @@ def _show(value: Any, limit: int = 160) -> str:
 class ConformanceRun:
     """One resource against one profile; collects issues. Extension definitions run nested."""
 
-    __slots__ = ("profile", "extensions", "root", "issues", "handled")
+    __slots__ = ("profile", "extensions", "root", "issues", "handled", "context")
 
     def __init__(self, profile: CompiledProfile, extensions: dict[str, CompiledProfile], root: dict,
-                 issues: list[Issue], handled: set[int]) -> None:
+                 issues: list[Issue], handled: set[int], context: str | None = None) -> None:
         self.profile = profile
         self.extensions = extensions
         self.root = root
         self.issues = issues
         self.handled = handled
+        self.context = context      # "safety-report": rules marked warning-in-context there are warnings
 
     # ------------------------------------------------------------------ entry points
     def check_resource(self, resource: dict) -> None:
@@ -200,6 +201,11 @@ class ConformanceRun:
                 self.add("error", "processing", expr, f"{c.key}: could not be evaluated ({exc}) ({self._by()})")
                 continue
             if result != [True]:
+                if c.severity != "warning" and self.context is not None and self.context in c.warning_in:
+                    self.issues.append(Issue("warning", "invariant", f"{c.key}: {c.human} ({self._by()}; a "
+                                             f"warning in a {self.context}, an error elsewhere)", expr,
+                                             self.profile.url, self.context))
+                    continue
                 self.add("warning" if c.severity == "warning" else "error", "invariant", expr,
                          f"{c.key}: {c.human} ({self._by()})")
 
@@ -255,7 +261,7 @@ class ConformanceRun:
         if definition is None:
             return
         parent_path = rule.path.rsplit(".", 1)[0]
-        nested = ConformanceRun(definition, self.extensions, self.root, self.issues, self.handled)
+        nested = ConformanceRun(definition, self.extensions, self.root, self.issues, self.handled, self.context)
         nested.check_extension(value, expr, parent_path)
 
 

@@ -30,12 +30,15 @@ class Issue:
     diagnostics: str
     expression: str | None = None
     profile: str | None = None
+    # set when the rule is an error elsewhere but was reported as a warning in this validation's
+    # context (e.g. "safety-report", profiles/README "Context"): the caller flags what it stores
+    relaxed_in: str | None = None
 
     def demoted(self) -> "Issue":
         """The same issue as a warning (used when a profile is configured as advisory)."""
         if self.severity not in ("fatal", "error"):
             return self
-        return Issue("warning", self.code, self.diagnostics, self.expression, self.profile)
+        return Issue("warning", self.code, self.diagnostics, self.expression, self.profile, self.relaxed_in)
 
 
 def has_errors(issues: Iterable[Issue]) -> bool:

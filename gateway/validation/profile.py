@@ -60,6 +60,8 @@ class Constraint:
     severity: str
     human: str
     invariant: Invariant
+    # contexts in which a failure is a warning, not an error (extension WARNING_IN_CONTEXT_URL)
+    warning_in: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True, eq=False)
@@ -141,6 +143,18 @@ class CompiledProfile:
     @property
     def label(self) -> str:
         return self.id or self.name
+
+
+# On an ElementDefinition.constraint: in this context (valueCode, e.g. "safety-report") a failure
+# of the rule is reported as a warning, the resource is stored and flagged (profiles/README "Context").
+WARNING_IN_CONTEXT_URL = "https://lecheng-fhir-gateway.org/fhir/StructureDefinition/warning-in-context"
+
+
+def warning_contexts(constraint: dict) -> frozenset[str]:
+    """The contexts a profile rule names as warning-only, from its ``warning-in-context`` extensions."""
+    return frozenset(ext["valueCode"] for ext in constraint.get("extension", [])
+                     if isinstance(ext, dict) and ext.get("url") == WARNING_IN_CONTEXT_URL
+                     and isinstance(ext.get("valueCode"), str))
 
 
 def _split_id(element_id: str) -> list[tuple[str, str | None]]:
@@ -249,7 +263,8 @@ class _Builder:
                                               resource_type=resource_type, model=self.model)
             except Exception as exc:   # a syntax error in a profile is a load-time failure
                 raise self.fail(element_id, f"constraint {c.get('key')}: {exc}") from exc
-            rule.constraints.append(Constraint(c["key"], c.get("severity", "error"), c.get("human", ""), invariant))
+            rule.constraints.append(Constraint(c["key"], c.get("severity", "error"), c.get("human", ""), invariant,
+                                               warning_contexts(c)))
         if "slicing" in element:
             s = element["slicing"]
             discriminators = tuple((d["type"], d["path"]) for d in s.get("discriminator", []))

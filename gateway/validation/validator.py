@@ -39,13 +39,15 @@ class Validator:
                 raise ValueError(f"strictness for {url} must be 'error' or 'warning', not {level!r}")
         self.advisory = frozenset(url for url, level in strictness.items() if level == "warning")
 
-    def validate(self, resource: dict, profiles: list[str] | None = None, *, base_only: bool = False) -> list[Issue]:
-        """All issues for one resource: structure first, then each applicable profile."""
+    def validate(self, resource: dict, profiles: list[str] | None = None, *, base_only: bool = False,
+                 context: str | None = None) -> list[Issue]:
+        """All issues for one resource: structure first, then each applicable profile. ``context``
+        (e.g. ``"safety-report"``) turns the profile rules marked warning-in-context there into warnings."""
         if not _is_resource(resource):
             return [_NOT_A_RESOURCE]
         issues = list(self.backend.check(resource))
         if not base_only:
-            issues.extend(self._profile_issues(resource, profiles))
+            issues.extend(self._profile_issues(resource, profiles, context))
         return issues
 
     def validate_many(self, resources: list[dict]) -> list[list[Issue]]:
@@ -57,19 +59,20 @@ class Validator:
         """
         return [self.validate(r) for r in resources]
 
-    def _profile_issues(self, resource: dict, profiles: list[str] | None) -> list[Issue]:
+    def _profile_issues(self, resource: dict, profiles: list[str] | None, context: str | None = None) -> list[Issue]:
         if resource["resourceType"] == "Bundle" and profiles is None:
             issues: list[Issue] = []
             entries = resource.get("entry")
             for i, entry in enumerate(entries if isinstance(entries, list) else []):
                 inner = entry.get("resource") if isinstance(entry, dict) else None
                 if _is_resource(inner):
-                    issues.extend(self._with_prefix(self.check_profiles(inner), inner["resourceType"],
+                    issues.extend(self._with_prefix(self.check_profiles(inner, context=context), inner["resourceType"],
                                                     f"Bundle.entry[{i}].resource"))
             return issues
-        return self.check_profiles(resource, profiles)
+        return self.check_profiles(resource, profiles, context=context)
 
-    def check_profiles(self, resource: dict, profiles: list[str] | None = None) -> list[Issue]:
+    def check_profiles(self, resource: dict, profiles: list[str] | None = None, *,
+                       context: str | None = None) -> list[Issue]:
         """The profile layer alone (no structure backend): what the differentials say about the resource."""
         resource_type = resource["resourceType"]
         explicit = profiles is not None
@@ -96,7 +99,7 @@ class Validator:
                 continue
             found: list[Issue] = []
             ConformanceRun(profile, self.registry.extensions, resource,
-                           found, handled).check_resource(resource)
+                           found, handled, context).check_resource(resource)
             if profile.url in self.advisory or url in self.advisory:
                 found = [i.demoted() for i in found]
             issues.extend(found)
@@ -139,7 +142,7 @@ class Validator:
             expr = i.expression
             if expr is not None and (expr == resource_type or expr.startswith(resource_type + ".")):
                 expr = prefix + expr[len(resource_type):]
-            out.append(Issue(i.severity, i.code, i.diagnostics, expr, i.profile))
+            out.append(Issue(i.severity, i.code, i.diagnostics, expr, i.profile, i.relaxed_in))
         return out
 
 
