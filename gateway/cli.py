@@ -57,7 +57,7 @@ def _cannot_listen(what: str, host: str, port: int, exc: OSError) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from waitress.server import create_server
+    from gateway.http_server import make_server     # waitress, answering its own refusals in FHIR
 
     from gateway import create_app
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port), ("DATA_DIR", args.data_dir)) if v}
@@ -70,8 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # here, leaving the running gateway's demo secret and files alone
     try:
         # waitress refuses bodies over the limit itself, before buffering them (Flask would only after)
-        server = create_server(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway",
-                               max_request_body_size=int(app.config["MAX_MESSAGE_BYTES"]))
+        server = make_server(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway",
+                             max_request_body_size=int(app.config["MAX_MESSAGE_BYTES"]))
     except OSError as exc:
         return _cannot_listen("HTTP", host, port, exc)
     listener = None

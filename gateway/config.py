@@ -101,6 +101,9 @@ def load_config(overrides: Mapping[str, Any] | None = None, *, toml_path: str | 
             config[key] = int(env_value) if key in _INT_KEYS else env_value
     if overrides:
         config.update({k.upper(): v for k, v in overrides.items()})
+    # absolute once, here: every later user (send_file resolves relative paths against the Flask app
+    # root, open() against the working directory) then means the same directory
+    config["DATA_DIR"] = os.path.abspath(os.path.expanduser(str(config["DATA_DIR"])))
     if not config["DATABASE_URL"]:
         data_dir = Path(config["DATA_DIR"])
         config["DATABASE_URL"] = f"sqlite:///{(data_dir / 'gateway.db').as_posix()}"

@@ -30,8 +30,12 @@ def register_common(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         from gateway.fhir_api.outcome import outcome_response
-        return outcome_response(exc.code or 500, "processing" if (exc.code or 500) >= 500 else "invalid",
-                                exc.description or exc.name)
+        status = exc.code or 500
+        if status == 404:     # a FHIR client learns what it asked for, not Werkzeug's wording
+            return outcome_response(404, "not-found", f"{request.method} {request.path}: no such endpoint here")
+        if status == 405:
+            return outcome_response(405, "not-supported", f"{request.method} is not allowed on {request.path}")
+        return outcome_response(status, "processing" if status >= 500 else "invalid", exc.description or exc.name)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

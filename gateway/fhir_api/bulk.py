@@ -54,6 +54,22 @@ def export_patient() -> Response:
     return _kick_off("patient", patient_compartment_types())
 
 
+@fhir_blueprint.post("/$export")
+@fhir_blueprint.post("/Patient/$export")
+def export_post() -> Response:
+    """The IG lets a server offer the POST kick-off (a Parameters body); this one offers GET only."""
+    response = outcome_response(405, "not-supported", "start a bulk export with GET (query parameters "
+                                "_type, _since, _typeFilter, _outputFormat); POST with Parameters is not offered")
+    response.headers["Allow"] = "GET"
+    return response
+
+
+@fhir_blueprint.route("/Group/<group_id>/$export", methods=["GET", "POST"])
+def export_group(group_id: str) -> Response:
+    return outcome_response(404, "not-supported", f"no Group/{group_id}: this gateway stores no Groups, so it "
+                            "offers the system ($export) and Patient (Patient/$export) kick-offs only")
+
+
 def patient_compartment_types() -> list[str]:
     """Patient, and every type with a reference search parameter that can point at a Patient."""
     params = gateway_of_app().store.params

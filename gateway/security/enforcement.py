@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from flask import Flask, Response, g, request
-from flask_limiter import Limiter
+from flask_limiter import HeaderNames, Limiter
 from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -65,6 +65,9 @@ def install(app: Flask, security: Security) -> Limiter:
         application_limits_exempt_when=lambda: request.endpoint in NOT_AUDITED,
         storage_uri=app.config.get("REDIS_URL") or "memory://",
         headers_enabled=True, strategy="moving-window",
+        # the limiter would put Retry-After on every answer (a 200 that says "retry later"); it is
+        # set only where it means something: 429 here, 202 while a bulk export runs
+        header_name_mapping={HeaderNames.RETRY_AFTER: "X-RateLimit-Retry-After"},
     )
     app.before_request(_authorize)
     app.after_request(_audit_response)

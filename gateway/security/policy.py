@@ -81,6 +81,9 @@ ENDPOINTS: dict[tuple[str, str], Rule] = {
     ("fhir.export_status", "GET"): Rule("export"),
     ("fhir.export_cancel", "DELETE"): Rule("export"),
     ("fhir.export_file", "GET"): Rule("export"),
+    ("fhir.export_post", "POST"): Rule("export"),          # answered 405 (GET only) to those who may export
+    ("fhir.export_group", "GET"): Rule("export"),         # answered 404 (no Groups) to those who may export
+    ("fhir.export_group", "POST"): Rule("export"),
     # ingest
     ("ingest.receive_hl7v2", "POST"): Rule("ingest"),
     ("ingest.receive_document", "POST"): Rule("ingest"),      # hospital XML/CSV/JSON exports (gateway/ingest/documents.py)
