@@ -249,6 +249,9 @@ def _field_parts(raw: str, r: EscapeRules) -> list[list[list[str]]]:
     return out if any_value else []
 
 
+ACK_CONDITIONS = ("AL", "NE", "ER", "SU")     # HL7 table 0155, MSH-15 and MSH-16
+
+
 class Hl7Message:
     """A parsed message: its segments in order (Z-segments included) and the MSH header.
 
@@ -318,6 +321,18 @@ class Hl7Message:
     def application_ack_type(self) -> str:
         """MSH-16: when the sender wants an application acknowledgment."""
         return self._head(16)
+
+    @property
+    def ack_condition_problems(self) -> list[str]:
+        """MSH-15 / MSH-16 values outside HL7 table 0155 (AL, NE, ER, SU), as warnings. A message with
+        one is answered in original mode (one application ACK): never silence, which would leave
+        the sender waiting for its own timeout and resending."""
+        problems = []
+        for number, value in ((15, self.accept_ack_type), (16, self.application_ack_type)):
+            if value and value.upper() not in ACK_CONDITIONS:
+                problems.append(f"MSH-{number} '{value}' is not in HL7 table 0155 (AL, NE, ER, SU); "
+                                "answered in original mode (this application ACK only)")
+        return problems
 
     def segments_named(self, name: str) -> list[Segment]:
         """All segments with this name, in message order."""

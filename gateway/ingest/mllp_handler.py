@@ -2,7 +2,8 @@
 
 Each frame is logged raw, processed and answered on its connection, in order.
 
-* **Original mode** (MSH-15 and MSH-16 empty): one application ACK (AA/AE/AR).
+* **Original mode** (MSH-15 and MSH-16 empty): one application ACK (AA/AE/AR). Also when either
+  holds a value outside HL7 table 0155 (``XX``): the ACK then carries a warning naming the field.
 * **Enhanced mode** (either valued): an accept ACK (CA/CE/CR) when MSH-15 asks for it, then the
   application ACK when MSH-16 asks for it. AL = always, NE = never, ER = only on error,
   SU = only on success. CA means the message is in the log (safe to stop resending); CR that it
@@ -43,7 +44,8 @@ def make_mllp_handler(pipeline: Hl7Pipeline, binding=None):
             except binding.Refused as refused:      # the client was revoked: AR (logged, audited), then close
                 return MllpReply(ack=refused.ack, close=True)
         message = result.message
-        if message is None or not (message.accept_ack_type or message.application_ack_type):
+        if message is None or not (message.accept_ack_type or message.application_ack_type) \
+                or message.ack_condition_problems:       # original mode; the ACK carries the warning
             return MllpReply(ack=result.ack)
         accepted = result.status != "rejected"
         commit = AckCode.AA if accepted and result.code != "AR" else (AckCode.AR if not accepted else AckCode.AE)

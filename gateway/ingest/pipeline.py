@@ -134,7 +134,7 @@ class Hl7Pipeline:
         self.log.identify(log_id, sender_application=message.sending_application,
                           sender_facility=message.sending_facility, control_id=message.control_id,
                           message_type=message.message_type)
-        warnings = list(message.warnings)
+        warnings = list(message.warnings) + message.ack_condition_problems
 
         bound = bound_organization()        # a hospital sends only as itself (gateway/security)
         if bound is not None and message.sending_facility != bound:
