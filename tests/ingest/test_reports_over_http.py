@@ -212,12 +212,15 @@ def test_an_imported_device_named_in_a_report_carries_its_pilot_zone_approval(cl
     assert [s["instance"]["reference"].split("/")[0] for s in event["suspectEntity"]] == ["Medication", "Device"]
 
 
-def test_an_imported_device_without_its_approval_is_refused_naming_the_rule(client):
+def test_an_imported_device_without_its_approval_is_stored_flagged_naming_the_rule(client):
+    """A report of harm is never refused for a missing approval (profiles/README "Context")."""
     _response, ack = post_hl7(client, _imported_device_report(with_approval=False))
-    assert ack_segment(ack, "MSA")[1] == "AE"
-    err = ack_segment(ack, "ERR")
-    assert err[2].startswith("PCR^") and "pilot-zone approval" in err[8]
-    assert _search(client, "AdverseEvent")["total"] == 0
+    assert ack_segment(ack, "MSA")[1] == "AA"
+    (err,) = [e for e in ack if e[0] == "ERR" and "pilot-zone approval" in e[8]]
+    assert err[4] == "W"
+    events = _search(client, "AdverseEvent")
+    assert events["total"] == 1
+    assert "needs-review" in [t["code"] for t in events["entry"][0]["resource"]["meta"]["tag"]]
 
 
 def test_an_update_report_p08_changes_the_same_adverse_event(client):
