@@ -2,7 +2,10 @@
 
 Interactions and operations come from the Flask routes the ``fhir`` blueprint really has (an
 endpoint that is not registered is not claimed); resource types and search parameters from the
-store's registry; profiles from ``profiles/``; formats from ``formats``.
+store's registry; profiles from ``profiles/``; formats from ``formats``. AuditEvent is served by
+the security blueprint from its own table (read and search only, its parameters from
+``gateway.security.audit.SEARCH_PARAMETERS``); it is listed when those routes are registered.
+``tests/fhir_api/test_capability_walk.py`` exercises every claim against a loaded gateway.
 """
 from __future__ import annotations
 
@@ -55,6 +58,10 @@ def capability_statement(params: SearchParameterRegistry, base_url: str, profile
         if not entry["operation"]:
             del entry["operation"]
         resources.append(entry)
+    audit = audit_capability(app)
+    if audit is not None:
+        resources.append(audit)
+        resources.sort(key=lambda r: r["type"])
     system_operations = [{"name": name, "definition": definition}
                          for endpoint, (name, definition, level) in OPERATIONS.items()
                          if endpoint in endpoints and level == "system"]
@@ -77,6 +84,23 @@ def capability_statement(params: SearchParameterRegistry, base_url: str, profile
         "format": list(SUPPORTED_FORMATS),
         "rest": [rest],
     }
+
+
+def audit_capability(app: Flask) -> dict | None:
+    """AuditEvent as the security blueprint serves it: read and search, never written by clients."""
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+    if "security.audit_search" not in endpoints:
+        return None
+    from gateway.security.audit import SEARCH_PARAMETERS
+    interactions = [code for endpoint, code in (("security.audit_read", "read"), ("security.audit_search",
+                                                                                  "search-type"))
+                    if endpoint in endpoints]
+    return {"type": "AuditEvent", "interaction": [{"code": code} for code in interactions],
+            "versioning": "no-version", "readHistory": False, "updateCreate": False,
+            "conditionalCreate": False, "conditionalRead": "not-supported", "conditionalUpdate": False,
+            "conditionalDelete": "not-supported",
+            "searchParam": [{"name": name, "type": kind, "documentation": doc}
+                            for name, (kind, doc) in SEARCH_PARAMETERS.items()]}
 
 
 def security_capability(app: Flask, base_url: str) -> dict | None:

@@ -24,6 +24,17 @@ def root_url() -> str:
     return (current_app.config.get("BASE_URL") or request.url_root).rstrip("/")
 
 
+def supported_scopes() -> list[str]:
+    """Every scope a client may ask for: the roles' own, and per served type (the store's registry and
+    AuditEvent) read+search and, where clients may write, all of create/read/update/delete/search."""
+    from gateway.web import gateway_of_app
+    scopes = {s for role_scopes in ROLE_SCOPES.values() for s in role_scopes.split()}
+    for resource_type in gateway_of_app().store.params.resource_types():
+        scopes.update((f"system/{resource_type}.rs", f"system/{resource_type}.cruds"))
+    scopes.add("system/AuditEvent.rs")
+    return sorted(scopes)
+
+
 def make_security_blueprint(security: Security, limiter: Limiter) -> Blueprint:
     bp = Blueprint("security", __name__)
 
@@ -62,7 +73,7 @@ def make_security_blueprint(security: Security, limiter: Limiter) -> Blueprint:
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
             "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-            "scopes_supported": sorted({s for scopes in ROLE_SCOPES.values() for s in scopes.split()}),
+            "scopes_supported": supported_scopes(),
             "capabilities": ["client-confidential-asymmetric", "client-confidential-symmetric",
                              "permission-v2", "permission-v1"],
         })

@@ -12,8 +12,8 @@ ALL_TYPE_INTERACTIONS = ["read", "vread", "update", "delete", "history-instance"
 def test_every_type_lists_read_write_history_and_search_interactions(client, gateway):
     statement = client.get("/fhir/metadata").get_json()
     rest = statement["rest"][0]
-    assert {r["type"] for r in rest["resource"]} == set(gateway.store.params.resource_types())
-    for resource in rest["resource"]:
+    assert {r["type"] for r in rest["resource"]} == {*gateway.store.params.resource_types(), "AuditEvent"}
+    for resource in (r for r in rest["resource"] if r["type"] != "AuditEvent"):
         assert [i["code"] for i in resource["interaction"]] == ALL_TYPE_INTERACTIONS
         assert resource["versioning"] == "versioned-update"
         assert resource["updateCreate"] is True and resource["conditionalCreate"] is True
@@ -62,3 +62,10 @@ def test_capability_statement_is_served_as_xml_too(client):
     response = client.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"})
     assert response.status_code == 200 and response.mimetype == "application/fhir+xml"
     assert b"<fhirVersion value=\"4.0.1\"/>" in response.data
+
+
+def test_audit_event_is_listed_as_read_and_search_only(client):
+    rest = client.get("/fhir/metadata").get_json()["rest"][0]
+    (audit,) = [r for r in rest["resource"] if r["type"] == "AuditEvent"]
+    assert [i["code"] for i in audit["interaction"]] == ["read", "search-type"]
+    assert {"date", "agent", "entity-type", "outcome"} <= {p["name"] for p in audit["searchParam"]}
