@@ -79,7 +79,7 @@ def resources(total: int, seed: int = 7):
                "subject": {"reference": f"Patient/pat{rng.randrange(n_pat)}"},
                "date": f"{_day(rng).isoformat()}T10:00:00+08:00",
                "seriousness": {"coding": [{"system": SERIOUSNESS,
-                                           "code": "serious" if rng.random() < 0.2 else "non-serious"}]},
+                                           "code": "Serious" if rng.random() < 0.2 else "Non-serious"}]},
                "suspectEntity": [{"instance": {"reference": product}}]}
 
 
@@ -123,7 +123,7 @@ def searches(total: int):
          lambda rng: "/fhir/AdverseEvent?substance=Device/dev{}&date=ge2026-01-01&date=lt2026-07-01"
                      "&_include=AdverseEvent:subject".format(rng.randrange(n_dev))),
         ("serious AdverseEvents in a week, _include subject (50/page)",
-         lambda rng: "/fhir/AdverseEvent?seriousness=serious&date=ge{}&date=lt{}&_include=AdverseEvent:subject"
+         lambda rng: "/fhir/AdverseEvent?seriousness=Serious&date=ge{}&date=lt{}&_include=AdverseEvent:subject"
                      "&_count=50".format(*week(rng))),
         ("MedicationRequest by patient",
          lambda rng: f"/fhir/MedicationRequest?patient=Patient/pat{rng.randrange(n_pat)}"),
@@ -141,7 +141,7 @@ def searches(total: int):
          lambda rng: "/fhir/MedicationRequest?authoredon=ge{}&authoredon=lt{}&_sort=-authoredon&_count=50"
                      "&_total=none".format(*week(rng))),
         ("Patient with a serious AdverseEvent (_has, 50/page)",
-         lambda rng: "/fhir/Patient?_has:AdverseEvent:patient:seriousness=serious&_count=50"
+         lambda rng: "/fhir/Patient?_has:AdverseEvent:patient:seriousness=Serious&_count=50"
                      f"&gender={rng.choice(['male', 'female'])}"),
         ("Patient by name (starts with), _sort=birthdate",
          lambda rng: f"/fhir/Patient?name={rng.choice(FAMILIES)}&_sort=birthdate&_count=50"),

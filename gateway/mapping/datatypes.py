@@ -242,8 +242,12 @@ def _hd(rep: list, index: int) -> tuple[str, str, str]:
     return comp(rep, index, 1), comp(rep, index, 2), comp(rep, index, 3)
 
 
-def _identifier_type(code_value: str) -> dict | None:
-    return {"coding": [{"system": V2_0203, "code": code_value}]} if code_value else None
+def _identifier_type(code_value: str, ctx=None) -> dict | None:
+    """Identifier.type from an HL7 table 0203 code; none for a kind that only names the identifier's
+    system (``identifier_kinds_not_in_0203`` in code_systems.yaml: RX has no 0203 code)."""
+    if not code_value or (ctx is not None and code_value in ctx.terminology.kinds_not_in_0203):
+        return None
+    return {"coding": [{"system": V2_0203, "code": code_value}]}
 
 
 @converter("identifiers")
@@ -261,7 +265,7 @@ def identifiers(ctx, field: Field, default_type: str = "") -> list | None:
         if system is None:
             ctx.warn(f"identifier '{value}' has no assigning authority (CX-4); not kept as an identifier")
             continue
-        ident = _compact({"type": _identifier_type(type_code), "system": system, "value": value})
+        ident = _compact({"type": _identifier_type(type_code, ctx), "system": system, "value": value})
         period = _compact({"start": _safe_date(ctx, comp(rep, 7)), "end": _safe_date(ctx, comp(rep, 8))})
         if period:
             ident["period"] = period
@@ -295,7 +299,7 @@ def entity_identifier(ctx, field: Field, type: str = "", kind: str = "", quiet: 
     system = ctx.terminology.identifier_system(namespace, universal, universal_type, kind or type)
     if system is None:
         return None
-    return _compact({"type": _identifier_type(type), "system": system, "value": comp(rep, 1)})
+    return _compact({"type": _identifier_type(type, ctx), "system": system, "value": comp(rep, 1)})
 
 
 # ---------------------------------------------------------------- people and places
@@ -357,7 +361,7 @@ def xcn_identifier(ctx, field: Field, default_type: str = "PRN") -> list | None:
     system = ctx.terminology.identifier_system(namespace, universal, universal_type, type_code)
     if system is None:
         return None
-    return [_compact({"type": _identifier_type(type_code), "system": system, "value": comp(rep, 1)})]
+    return [_compact({"type": _identifier_type(type_code, ctx), "system": system, "value": comp(rep, 1)})]
 
 
 @converter("xcn_name")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.mapping.datatypes import (CONVERTERS, Field, UCUM, _coding, _compact, _name, converter, date,
-                                       date_time, decimal, first_rep, instant, pilot_zone_approval, string,
-                                       tq_timing)
+from gateway.mapping.datatypes import (CONVERTERS, Field, UCUM, _coding, _compact, _identifier_type, _name,
+                                       converter, date, date_time, decimal, first_rep, instant,
+                                       pilot_zone_approval, string, tq_timing)
 
 _ISO = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?)?)?)?"
                   r"(Z|[+-]\d{2}:?\d{2})?$")
@@ -114,8 +114,7 @@ def identifier(ctx, value: Field | None = None, authority: Field | str | None = 
     if uri is None or (system and "{authority}" in system and not issuer):
         ctx.warn(f"identifier '{number}' has no issuing organization; not kept as an identifier")
         return None
-    return [_compact({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": type}]}
-                      if type else None, "system": uri, "value": number})]
+    return [_compact({"type": _identifier_type(type, ctx), "system": uri, "value": number})]
 
 
 class _NamedSegment:

@@ -31,6 +31,7 @@ class Terminology:
     coding_systems: dict[str, str]
     identifier_authorities: dict[str, str]
     identifier_kinds: dict[str, str]
+    kinds_not_in_0203: frozenset[str] = frozenset()     # no Identifier.type for these kinds
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)     # alias_key(alias) -> a coding_systems name
     _identifier_systems: dict[tuple[str, str, str, str], str | None] = field(
@@ -47,6 +48,7 @@ class Terminology:
             coding_systems=systems.get("coding_systems") or {},
             identifier_authorities=systems.get("identifier_authorities") or {},
             identifier_kinds=systems.get("identifier_kinds") or {},
+            kinds_not_in_0203=frozenset(systems.get("identifier_kinds_not_in_0203") or ()),
             tables={str(k): v for k, v in (tables or {}).items()},
             aliases={alias_key(str(alias)): str(name) for alias, name in (systems.get("aliases") or {}).items()},
         )

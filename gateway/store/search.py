@@ -8,7 +8,7 @@ own. What a query may say (http://hl7.org/fhir/R4/search.html):
   ``:above``, every type ``:missing``); date and quantity values take the prefixes eq ne lt gt le ge
   sa eb ap, and a partial date is the range it covers;
 - chains ``patient.identifier=...``, ``subject:Patient.name=...`` and reverse chains
-  ``_has:AdverseEvent:subject:seriousness=serious``, nested as deep as written;
+  ``_has:AdverseEvent:subject:seriousness=Serious``, nested as deep as written;
 - ``_sort`` (several keys, ``-`` descending), ``_count``, ``_include`` / ``_revinclude`` (with
   ``:iterate``), ``_total``, ``_summary``, ``_elements`` (the last two shape the answer, in the API).
 
@@ -75,8 +75,8 @@ class SearchCriterion:
     """One search parameter occurrence: values are ORed, criteria are ANDed.
 
     A chain (``subject:Patient.name=x``) is ``SearchCriterion("subject", ["x"], "Patient", chain=<name=x>)``;
-    a reverse chain (``_has:AdverseEvent:subject:seriousness=serious``) is
-    ``SearchCriterion("_has", ["serious"], "AdverseEvent:subject", chain=<seriousness=serious>)``."""
+    a reverse chain (``_has:AdverseEvent:subject:seriousness=Serious``) is
+    ``SearchCriterion("_has", ["Serious"], "AdverseEvent:subject", chain=<seriousness=Serious>)``."""
     param: str
     values: list[str]
     modifier: str | None = None
@@ -456,7 +456,7 @@ class ConditionBuilder:
                                                          ref.c.param == param.name, pointing))
 
     def _reverse_chain(self, resource_type: str, r, criterion: SearchCriterion, driving: bool):
-        """``_has:AdverseEvent:subject:seriousness=serious``: some AdverseEvent matching the inner
+        """``_has:AdverseEvent:subject:seriousness=Serious``: some AdverseEvent matching the inner
         criterion points at us through ``subject``."""
         source_type, ref_name = criterion.modifier.split(":", 1)
         ref = schema.idx_reference

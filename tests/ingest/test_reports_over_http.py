@@ -139,7 +139,7 @@ def test_regulator_finds_adverse_events_by_suspect_product_and_date_range(client
     # the same in one request, chained through the suspect Medication's code (across its lots)
     chained = _search(client, "AdverseEvent?substance:Medication.code=HNLC-D-0042&date=ge2026-03-01&date=lt2026-04-01")
     assert [e["resource"]["identifier"]["value"] for e in chained["entry"]] == ["AE-BSH-2026-0007"]
-    april = _search(client, "AdverseEvent?date=ge2026-04-01&date=lt2026-05-01&seriousness=non-serious")
+    april = _search(client, "AdverseEvent?date=ge2026-04-01&date=lt2026-05-01&seriousness=Non-serious")
     assert sorted(e["resource"]["identifier"]["value"] for e in april["entry"]) == ["AE-BSH-2026-0031",
                                                                                    "AE-BSH-2026-0040"]
     event = found["entry"][0]["resource"]
@@ -158,7 +158,7 @@ def test_report_with_two_events_stores_both_and_the_suspect_device(client):
     device = _search(client, "Device?type=PEN-300")["entry"][0]["resource"]
     by_device = _search(client, f"AdverseEvent?substance=Device/{device['id']}")
     assert [e["resource"]["identifier"]["value"] for e in by_device["entry"]] == ["AE-BSH-2026-0031/2"]
-    assert _search(client, "AdverseEvent?seriousness=serious")["total"] == 1
+    assert _search(client, "AdverseEvent?seriousness=Serious")["total"] == 1
 
 
 def test_external_dispense_after_its_external_order_is_linked_and_accepted(client):

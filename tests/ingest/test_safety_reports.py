@@ -28,7 +28,7 @@ def test_fatal_report_with_an_unapproved_device_is_stored_with_a_warning(client)
 def test_the_regulator_finds_the_fatal_report_as_serious_and_flagged(client, client_as):
     post_hl7(client, sample(FATAL))
     regulator = client_as("regulator")
-    found = regulator.get(f"/fhir/AdverseEvent?_tag={FLAG}&seriousness=serious&_include=AdverseEvent:substance")
+    found = regulator.get(f"/fhir/AdverseEvent?_tag={FLAG}&seriousness=Serious&_include=AdverseEvent:substance")
     assert found.status_code == 200, found.data
     bundle = found.get_json()
     assert bundle["total"] == 1

@@ -65,7 +65,7 @@ def test_adverse_event_fields_from_pes_and_peo():
     assert event["recordedDate"] == "2026-04-02"                      # PES-10 report date
     assert [c["system"] for c in event["event"]["coding"]] == ["http://terminology.hl7.org/CodeSystem/mdr",
                                                                "http://hl7.org/fhir/sid/icd-10"]
-    assert event["seriousness"]["coding"][0]["code"] == "non-serious"  # PEO-9 N
+    assert event["seriousness"]["coding"][0]["code"] == "Non-serious"  # PEO-9 N
     assert [c["code"] for c in event["outcome"]["coding"]] == ["recovering", "R", "R"]   # PEO-12 R, PEO-11 R
     assert event["extension"] == [{"url": f"{BASE}/StructureDefinition/adverse-event-expected", "valueBoolean": True}]
     suspect = event["suspectEntity"][0]
@@ -87,7 +87,7 @@ def test_two_peo_groups_make_two_events_each_with_its_own_products():
     dev_ref = f"suspect_device#{mapped.index(devices[0])}"
     assert [s["instance"]["reference"] for e in events for s in e["suspectEntity"]] == [med_ref, med_ref, dev_ref]
     second = events[1]
-    assert second["seriousness"]["coding"][0]["code"] == "serious"       # PEO-9 Y
+    assert second["seriousness"]["coding"][0]["code"] == "Serious"       # PEO-9 Y
     assert second["outcome"]["coding"][0]["code"] == "resolved"          # PEO-12 F
     assert second["suspectEntity"][0]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "WT"
     assert second["suspectEntity"][0]["causality"][0]["method"]["coding"][0]["code"] == "AW"

@@ -26,7 +26,7 @@ def expected_places(resource: dict) -> set[tuple[str, str]]:
     if res_type in ("MedicationRequest", "MedicationDispense"):
         return {("epc", "/fhir")}
     if res_type == "AdverseEvent":
-        serious = any(c.get("code") == "serious" for c in (resource.get("seriousness") or {}).get("coding", []))
+        serious = any(c.get("code") in ("Serious", "serious") for c in (resource.get("seriousness") or {}).get("coding", []))
         return {("province", "/fhir")} | ({("nmpa", "/fhir")} if serious else set())
     if res_type == "Device":
         imported = any(c.get("system") == IMPORTED_DEVICES for c in (resource.get("type") or {}).get("coding", [])) \
@@ -73,6 +73,11 @@ def test_samples_reach_their_destinations_and_only_those(receivers, sample_route
     for resource in resources:
         for place in expected_places(resource):
             expected.setdefault(place, set()).add((resource["resourceType"], resource["id"]))
+            # a report travels with the suspect devices it names (the regulator resolves its references)
+            for suspect in resource.get("suspectEntity", []) if resource["resourceType"] == "AdverseEvent" else []:
+                ref = suspect["instance"]["reference"]
+                if ref.startswith("Device/"):
+                    expected[place].add(("Device", ref.split("/")[1]))
     for name, receiver in receivers.items():
         for base in ("/fhir", "/device-registry/fhir"):
             got = {(t, i) for (_b, t, i) in receiver.resources(base) if t in ROUTED_TYPES}
