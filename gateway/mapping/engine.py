@@ -163,7 +163,14 @@ class MappedMessage:
     errors: list[Hl7Error | DocumentProblem]
 
     def bundle(self) -> dict:
-        """The result as a FHIR transaction Bundle of conditional updates on business identifiers."""
+        """The result as a FHIR transaction Bundle of conditional updates on business identifiers.
+
+        A status-only change (a dispense completing its order; ``lifecycle`` in the mapping) is a
+        conditional FHIRPath Patch of the status, as an R4 server takes it (``PATCH
+        Type?identifier=..`` with a Parameters body): the resource as mapped (identifier and status)
+        is not valid R4 (MedicationRequest.intent, medication[x], subject are 1..1), and a PUT of it
+        would erase the rest of the order. A server that does not hold the order answers the PATCH
+        404 (the gateway's own store leaves a status change for an unknown order alone)."""
         entries = []
         for mapped in self.resources:
             resource = dict(mapped.resource)
@@ -172,8 +179,19 @@ class MappedMessage:
             if mapped.identity:
                 system, value = mapped.identity[0]
                 request = {"method": "PUT", "url": f"{mapped.type}?identifier={system}|{value}"}
+                if mapped.status_only and isinstance(resource.get("status"), str):
+                    entries.append({"resource": status_patch(mapped.type, resource["status"]),
+                                    "request": {**request, "method": "PATCH"}})
+                    continue
             entries.append({"fullUrl": mapped.temp_id, "resource": resource, "request": request})
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def status_patch(resource_type: str, status: str) -> dict:
+    """A FHIRPath Patch (R4 Parameters) that replaces the status and nothing else."""
+    return {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": f"{resource_type}.status"},
+        {"name": "value", "valueCode": status}]}]}
 
 
 class MapContext:
