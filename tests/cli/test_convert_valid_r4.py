@@ -19,7 +19,8 @@ def r4():
 
 
 def _convert(capsys, tmp_path, name: str) -> dict:
-    main(["--data-dir", str(tmp_path), "convert", str(SAMPLES / name)])
+    document = [] if name.endswith(".hl7") else ["--mapping", name.rsplit(".", 1)[0]]
+    main(["--data-dir", str(tmp_path), "convert", *document, str(SAMPLES / name)])
     return json.loads(capsys.readouterr().out)
 
 
@@ -40,3 +41,26 @@ def test_a_dispense_completes_its_order_with_a_conditional_patch_of_the_status(c
         {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "MedicationRequest.status"},
         {"name": "value", "valueCode": "completed"}]}]}
     assert "MedicationRequest" not in [e["resource"]["resourceType"] for e in bundle["entry"]]
+
+
+# R4 4.0.1 http://terminology.hl7.org/CodeSystem/adverse-event-seriousness (issue 14, item 8)
+R4_SERIOUSNESS = {"Serious", "Non-serious", "SeriousResultsInDeath", "SeriousIsLifeThreatening",
+                  "SeriousResultsInHospitalization", "SeriousResultsInPersistentOrSignificantDisability",
+                  "SeriousResultsInCongenitalAnomalyBirthDefect", "SeriousNeedsMedicalOrSurgicalIntervention"}
+# codes of HL7 table 0203 (R4 v2-0203) the gateway may emit; NNxxx is the national-identifier pattern
+V2_0203 = {"AN", "BR", "DL", "EI", "FILL", "MR", "PI", "PLAC", "PPN", "PRN", "SS", "VN", "UDI", "SNO"}
+
+
+@pytest.mark.parametrize("name", HL7 + ["hospital_prescription.xml", "online_clinic_prescription.json"])
+def test_seriousness_and_identifier_types_use_r4_codes(capsys, tmp_path, name):
+    bundle = _convert(capsys, tmp_path, name)
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        for coding in (resource.get("seriousness") or {}).get("coding", []):
+            if coding["system"].endswith("/adverse-event-seriousness"):
+                assert coding["code"] in R4_SERIOUSNESS
+        identifiers = resource.get("identifier")
+        for identifier in identifiers if isinstance(identifiers, list) else [identifiers] if identifiers else []:
+            for coding in (identifier.get("type") or {}).get("coding", []):
+                if coding.get("system") == "http://terminology.hl7.org/CodeSystem/v2-0203":
+                    assert coding["code"] in V2_0203 or coding["code"].startswith("NN"), coding
