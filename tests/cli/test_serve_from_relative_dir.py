@@ -131,3 +131,23 @@ def test_a_request_line_waitress_cannot_read_is_an_operation_outcome(server):
 def test_an_answer_that_is_not_a_refusal_carries_no_retry_after(server):
     answer = server["session"].get(f"{server['base']}/fhir/Patient", timeout=10)
     assert answer.status_code == 200 and "Retry-After" not in answer.headers
+
+
+def test_fhirpy_and_fhirclient_run_the_readme_regulator_searches(server):
+    """The README's regulator examples through two ordinary FHIR clients, a Chinese name included."""
+    from fhirclient import client as smart_client
+    from fhirclient.models.patient import Patient
+    from fhirpy import SyncFHIRClient
+    base = f"{server['base']}/fhir"
+    fhir = SyncFHIRClient(base, authorization=f"Bearer {server['token']}")
+    (patient,) = fhir.resources("Patient").search(name="王").fetch()
+    assert patient["name"][0]["family"] == "王"
+    events = fhir.resources("AdverseEvent").search(**{"substance:Medication.code": "HNLC-D-0042",
+                                                      "date": "ge2026-04-01"}).fetch()
+    assert len(events) == 1
+    with_reports = fhir.resources("Patient").search(**{"_has:AdverseEvent:subject:seriousness": "Non-serious"}).fetch()
+    assert [p["id"] for p in with_reports] == [patient["id"]]
+    smart = smart_client.FHIRClient(settings={"app_id": "regulator-tool", "api_base": base})
+    smart.server.session.headers["Authorization"] = f"Bearer {server['token']}"
+    found = list(Patient.where(struct={"name": "王"}).perform_resources_iter(smart.server))
+    assert [p.id for p in found] == [patient["id"]]
