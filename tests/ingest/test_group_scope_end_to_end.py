@@ -141,9 +141,12 @@ def test_a_device_after_a_drug_and_its_zlc_is_stored_without_that_approval(tmp_p
     assert "extension" not in device
 
 
-def test_an_imported_device_without_its_own_approval_is_refused_not_given_the_drugs(tmp_path, transport):
+def test_an_imported_device_without_its_own_approval_is_flagged_not_given_the_drugs(tmp_path, transport):
+    """A report of harm is never refused for a missing approval (profiles/README "Context"): the
+    device is stored flagged needs-review, and the drug's approval is not lent to it."""
     with Sender(_app(tmp_path, "whole"), transport) as hospital:
         msa = hospital.send((GROUPS / "pex_p07_zlc_after_drug_then_imported_device.hl7").read_bytes())
-        stored = stored_resources(hospital.gateway)
-    assert msa[1] == "AE" and "lc-dev-3" in "|".join(msa)
-    assert not any(r["resourceType"] in ("Device", "AdverseEvent") for r in stored)
+        (device,) = hospital.gateway.store.search("Device", [], 10).resources
+    assert msa[1] == "AA"
+    assert "extension" not in device
+    assert "needs-review" in [t.get("code") for t in device["meta"]["tag"]]

@@ -50,6 +50,10 @@ EXAMPLES = {
     "PractitionerRole": lambda: {"resourceType": "PractitionerRole", "active": True, "identifier": _identifier("ROLE-1")},
     "Provenance": lambda: {"resourceType": "Provenance", "recorded": "2026-03-15T09:30:00+08:00",
                            "target": [{"display": "a message"}], "agent": [{"who": {"display": "BOAO_HIS"}}]},
+    "Location": lambda: _example("other/location.json"),
+    "DeviceUseStatement": lambda: {"resourceType": "DeviceUseStatement", "status": "completed",
+                                   "identifier": _identifier("DUS-1"), "subject": {"display": "a patient"},
+                                   "device": {"display": "a device"}},
 }
 ATTACKERS = [("hospital", HMU), ("pharmacy", PHARMACY), ("prescription-center", "HAINAN_EPC"), ("regulator", "HNMPA")]
 FHIR = "application/fhir+json"
