@@ -155,8 +155,8 @@ class DocumentPipeline:
             return self._refuse(log_id, 400, read.problems)
         digest = hashlib.sha256(raw).hexdigest()[:16]
         first = read.units[0].origin
-        self.log.identify(log_id, sender_application=first.sending_application, sender_facility=first.sending_facility,
-                          control_id=digest, message_type=first.message_type)
+        identity = {"sender_application": first.sending_application, "sender_facility": first.sending_facility,
+                    "control_id": digest, "message_type": first.message_type}
         units = [self._unit(spec, unit, digest) for unit in read.units]
         stored = [u for u in units if u.written]
         failed = [u for u in units if u.problems]
@@ -166,11 +166,11 @@ class DocumentPipeline:
         cap = self._error_cap()
         detail = _capped_detail(detail, cap)
         if not stored:
-            self.log.finish(log_id, "error", None, detail)
+            self.log.finish(log_id, "error", None, detail, identity=identity)
             return DocumentResult(422, outcome([p for u in failed for p in u.problems], cap=cap), log_id, "error",
                                   units)
         status = "error" if failed else "on-hold" if any(u.held for u in stored) else "processed"
-        self.log.finish(log_id, status, None, detail)
+        self.log.finish(log_id, status, None, detail, identity=identity)
         bundle_type = "batch-response" if spec.source == "csv" else "transaction-response"
         return DocumentResult(200, response_bundle(bundle_type, units, cap), log_id, status, units)
 

@@ -2,6 +2,11 @@
 
 One row per arrival (a resend is a new row pointing at the same content hash), with the ACK that
 was sent and what came of it. Nothing here parses HL7 or knows FHIR.
+
+Two write transactions per message: :meth:`MessageLog.receive` commits the raw bytes alone (nothing
+is lost before the ACK), and :meth:`MessageLog.finish` records who sent it, the outcome and the ACK
+in one UPDATE, inside the caller's transaction when it has one (the pipeline's store transaction),
+so the entry, the resources, Provenance and outbox rows commit together.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from gateway.store import now_instant
 from gateway.store.access import bound_organization
@@ -95,13 +100,6 @@ class MessageLog:
                 "content_sha256": content_digest(raw), "status": "received",
                 "detail": orjson.dumps({"bound_to": bound}).decode() if bound else None}).inserted_primary_key[0]
 
-    def identify(self, log_id: int, *, sender_application: str, sender_facility: str, control_id: str,
-                 message_type: str) -> None:
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            conn.execute(_UPDATE, {"log_id": log_id, "sender_application": sender_application,
-                                   "sender_facility": sender_facility, "control_id": control_id,
-                                   "message_type": message_type})
-
     def earlier_arrivals(self, log_id: int, sender_facility: str, control_id: str) -> "EarlierArrivals":
         """What this sender sent before under the same control id, in one query: the first finished
         arrival with the same content (its ACK is the answer to a resend), and whether any arrival
@@ -112,13 +110,21 @@ class MessageLog:
         same = next((r for r in rows if r.same_content and r.status in FINISHED), None)
         return EarlierArrivals(_logged(same) if same else None, any(not r.same_content for r in rows))
 
-    def finish(self, log_id: int, status: str, ack: bytes | None, detail: dict[str, Any]) -> None:
+    def finish(self, log_id: int, status: str, ack: bytes | None, detail: dict[str, Any], *,
+               identity: dict[str, str | None] | None = None, conn: Connection | None = None) -> None:
+        """The outcome, in one UPDATE: ``identity`` (sender_application, sender_facility, control_id,
+        message_type) when known; on ``conn`` (the caller's open write transaction) when given, so it
+        commits with what the message stored, else in a transaction of its own."""
         bound = bound_organization()
         if bound and "bound_to" not in detail:
             detail = {**detail, "bound_to": bound}
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            conn.execute(_UPDATE, {"log_id": log_id, "status": status, "ack": ack,
-                                   "detail": orjson.dumps(detail).decode()})
+        values = {"log_id": log_id, "status": status, "ack": ack, "detail": orjson.dumps(detail).decode(),
+                  **(identity or {})}
+        if conn is not None:
+            conn.execute(_UPDATE, values)
+            return
+        with self.engine.connect().execution_options(write=True) as own, own.begin():
+            own.execute(_UPDATE, values)
 
     def refuse(self, raw: bytes, *, transport: str, format: str, reason: str, **detail: Any) -> int:
         """One row for a body refused before anything parsed it (too large, too many rows or entries,

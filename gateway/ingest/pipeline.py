@@ -3,7 +3,10 @@
     log raw -> parse -> (duplicate? same ACK) -> map -> validate -> store (+ Provenance) -> ACK
 
 Whatever happens, the raw message is in the message log before the ACK leaves, so a rejected or
-failed message can be fixed and replayed. Where the ACK codes are decided:
+failed message can be fixed and replayed. Two write transactions per message: the raw bytes alone,
+then the log entry's outcome (sender, control id, status, ACK) together with the resources, index
+rows, Provenance and outbox rows (``store_mapped``'s ``before_commit``), so a crash never leaves a
+message half stored. Where the ACK codes are decided:
 
 * **AR**: not HL7, no message type, a test/debug message (MSH-11) in production, an unknown
   message type (unless configured to accept), more orders than ``MAX_HL7_ORDERS`` (``gateway.bounds``),
@@ -31,9 +34,10 @@ sender's engine the message itself must change.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from sqlalchemy.engine import Connection
 
 from gateway.bounds import first_and_count, order_segments
 from gateway.hl7v2 import AckCode, Hl7Error, Hl7Message, Hl7ParseError, build_ack, parse_message
@@ -41,8 +45,9 @@ from gateway.ingest.messagelog import MessageLog
 from gateway.mapping.engine import MappedMessage, MappedResource, MappingSet
 from gateway.mapping.terminology import Terminology
 from gateway.observability import about_message, count_message, stage
-from gateway.store import ResourceStore, now_instant
+from gateway.store import ResourceStore, new_resource_id, now_instant
 from gateway.store.access import bound_organization, current_sender, sending_as
+from gateway.store.resources import StoreTransaction
 from gateway.store.upsert import UpsertProblem, UpsertRejected, apply_mapped
 from gateway.validation import Issue, Validator
 
@@ -131,9 +136,6 @@ class Hl7Pipeline:
                 message = parse_message(raw, fallback_charset=self.config["FALLBACK_CHARSET"])
         except Hl7ParseError as exc:
             return self._finish(log_id, exc.partial_msh, AckCode.AR, exc.errors, [], "rejected")
-        self.log.identify(log_id, sender_application=message.sending_application,
-                          sender_facility=message.sending_facility, control_id=message.control_id,
-                          message_type=message.message_type)
         warnings = list(message.warnings) + message.ack_condition_problems
 
         bound = bound_organization()        # a hospital sends only as itself (gateway/security)
@@ -146,7 +148,8 @@ class Hl7Pipeline:
         earlier = self.log.earlier_arrivals(log_id, message.sending_facility, message.control_id)
         resend = earlier.same_content if resend_check else None
         if resend is not None and resend.ack is not None:
-            self.log.finish(log_id, resend.status, resend.ack, {"duplicate_of": resend.id})
+            self.log.finish(log_id, resend.status, resend.ack, {"duplicate_of": resend.id},
+                            identity=_identity(message))
             return IngestResult(resend.ack, _ack_code(resend.ack), log_id, resend.status, message,
                                 duplicate=True)
         if earlier.other_content:
@@ -183,20 +186,28 @@ class Hl7Pipeline:
             return self._finish(log_id, message, AckCode.AE, [error], warnings, "error")
 
         source = f"urn:hl7v2:{message.sending_facility}:{message.control_id}"
+        answered: list[IngestResult] = []
+
+        def answer(tx: StoreTransaction, stored: StoredResources) -> None:
+            """The ACK and the log entry's outcome, written in the store's transaction."""
+            done = warnings + stored.warnings
+            refs = [f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}" for _m, r, _a in stored.written]
+            if stored.unresolved:   # stored, but a reference names nothing stored yet (a dispense before its order)
+                errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in stored.unresolved]
+                answered.append(self._finish(log_id, message, AckCode.AE, errors, done, "processed", refs, tx.conn))
+                return
+            done += [f"held for review, not delivered: {reason}" for reason in stored.held]
+            answered.append(self._finish(log_id, message, AckCode.AA, [], done,
+                                         "on-hold" if stored.held else "processed", refs, tx.conn))
+
         try:
-            with stage("store"):        # validation, resources, Provenance, outbox rows: one transaction
-                stored = self.store_mapped(mapped.resources, source, message,
-                                           lambda changed: self._provenance(message, changed, source))
+            with stage("store"):        # validation, resources, Provenance, outbox rows, log entry: one transaction
+                self.store_mapped(mapped.resources, source, message,
+                                  lambda changed: self._provenance(message, changed, source), before_commit=answer)
         except UpsertRejected as exc:
             errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in exc.result.problems]
             return self._finish(log_id, message, AckCode.AE, errors, warnings + exc.result.warnings, "error")
-        warnings += stored.warnings
-        refs = [f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}" for _m, r, _a in stored.written]
-        if stored.unresolved:   # stored, but a reference names nothing stored yet (a dispense before its order)
-            errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in stored.unresolved]
-            return self._finish(log_id, message, AckCode.AE, errors, warnings, "processed", refs)
-        warnings += [f"held for review, not delivered: {reason}" for reason in stored.held]
-        return self._finish(log_id, message, AckCode.AA, [], warnings, "on-hold" if stored.held else "processed", refs)
+        return answered[0]
 
     def _too_many_orders(self, message: Hl7Message) -> Hl7Error | None:
         """One message's orders are stored in one write transaction, which every other writer waits for:
@@ -210,11 +221,14 @@ class Hl7Pipeline:
                         "was stored", segment=name, sequence=positions[limit], code="100")
 
     def store_mapped(self, resources: list[MappedResource], source: str, origin: Any,
-                     provenance: Callable[[list[dict]], dict]) -> "StoredResources":
+                     provenance: Callable[[list[dict]], dict],
+                     before_commit: Callable[[StoreTransaction, "StoredResources"], None] | None = None,
+                     ) -> "StoredResources":
         """The store step the HL7 and the document pipelines share, in one transaction: each resource
         validated as it will be stored (``_check``), written, one Provenance (``provenance(changed)``)
-        for what changed, and the routing hook (``origin``: the Hl7Message, or a document's origin
-        with ``message_type`` and ``sending_facility``). Raises UpsertRejected: nothing stored."""
+        for what changed, the routing hook (``origin``: the Hl7Message, or a document's origin
+        with ``message_type`` and ``sending_facility``), and ``before_commit(tx, stored)`` (the
+        message log entry's outcome). Raises UpsertRejected: nothing stored."""
         context = SAFETY_REPORT if any(m.type == "AdverseEvent" for m in resources) else None
         relaxed: list[MappedResource] = []       # resources stored although a relaxed rule failed
 
@@ -234,8 +248,11 @@ class Hl7Pipeline:
             if changed:
                 tx.create(provenance(changed))
             routed = self.on_stored(tx, written, origin) if self.on_stored is not None else None
-        return StoredResources(written, list(outcome.warnings), list(outcome.unresolved),
-                               list(getattr(routed, "held", None) or []))
+            stored = StoredResources(written, list(outcome.warnings), list(outcome.unresolved),
+                                     list(getattr(routed, "held", None) or []))
+            if before_commit is not None:
+                before_commit(tx, stored)
+        return stored
 
     def _check(self, mapped: MappedResource, resource: dict,
                context: str | None = None) -> tuple[list[UpsertProblem], list[str], bool]:
@@ -295,7 +312,7 @@ class Hl7Pipeline:
             return text.encode("utf-8")
 
     def _finish(self, log_id: int, msg_or_partial, code: AckCode, errors: list[Hl7Error], warnings: list[str],
-                status: str, resources: list[str] | None = None) -> IngestResult:
+                status: str, resources: list[str] | None = None, conn: Connection | None = None) -> IngestResult:
         warning_errors = [Hl7Error(text=w, code="0", severity="W") for w in warnings[:MAX_WARNINGS_IN_ACK]]
         charset = msg_or_partial.charset if isinstance(msg_or_partial, Hl7Message) else "utf-8"
         errors, more = first_and_count(errors, int(self.config.get("MAX_ERRORS_REPORTED") or 0))
@@ -306,8 +323,9 @@ class Hl7Pipeline:
                                    f"kept in the message log (id {log_id})", code=errors[-1].code))
             detail["errors_not_listed"] = more
         ack = self._ack(msg_or_partial, code, [*errors, *warning_errors], charset)
-        self.log.finish(log_id, status, ack, detail)
         message = msg_or_partial if isinstance(msg_or_partial, Hl7Message) else None
+        self.log.finish(log_id, status, ack, detail, identity=_identity(message) if message is not None else None,
+                        conn=conn)
         return IngestResult(ack, code.value, log_id, status, message, resources or [], errors, warnings)
 
 
@@ -326,7 +344,7 @@ def provenance_record(base: str, changed: list[dict], source: str, facility: str
     it, and the message itself (``what``: its identifier) as the source entity."""
     return {
         "resourceType": "Provenance",
-        "id": str(uuid.uuid4()),
+        "id": new_resource_id(),
         "meta": {"source": source},
         "target": [{"reference": f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}"} for r in changed],
         "recorded": now_instant(),
@@ -349,6 +367,12 @@ def _flag(resource: dict, keep_profile: bool = False) -> None:
     if not any(isinstance(t, dict) and t.get("system") == REPORT_FLAG_SYSTEM and t.get("code") == "needs-review"
                for t in tags):
         tags.append(dict(NEEDS_REVIEW))
+
+
+def _identity(message: Hl7Message) -> dict[str, str | None]:
+    """The message log columns a parsed message fills (who sent it, its control id and type)."""
+    return {"sender_application": message.sending_application, "sender_facility": message.sending_facility,
+            "control_id": message.control_id, "message_type": message.message_type}
 
 
 def _element_of(expression: str | None) -> str | None:
