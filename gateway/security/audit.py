@@ -3,7 +3,8 @@
 Who (client id, its organization and role, source address), what (the resource, or the search
 query, or the HL7 message), when, and how it ended (HTTP status or ACK code). Each record is one
 INSERT into ``audit_events`` (the AuditEvent JSON plus the columns it is searched on), so auditing
-every request stays cheap. Records are never updated or deleted through the gateway; admins and
+every request stays cheap; concurrent requests' rows are group-committed in one transaction
+(``gateway.store.group_commit``), and a request is answered only once its row is committed. Records are never updated or deleted through the gateway; admins and
 regulators read them at ``/fhir/AuditEvent``.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.observability import AUDIT_EVENTS, TOKENS
 from gateway.security.tables import audit_events, create_security_tables
+from gateway.store.group_commit import GroupCommit
 
 REST_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -64,6 +66,7 @@ class AuditLog:
         self.engine = engine
         self.base = canonical_base.rstrip("/")
         create_security_tables(engine)
+        self._writer = GroupCommit(engine, insert(audit_events))
 
     def record(self, rec: AuditRecord) -> str:
         event_id = str(uuid.uuid4())
@@ -71,12 +74,12 @@ class AuditLog:
         outcome = "0" if rec.outcome_status < 400 else ("4" if rec.outcome_status < 500 else "8")
         action, system = ACTIVITIES.get(rec.activity, ACTIVITIES["other"])
         event = self._event(event_id, recorded, rec, action, system.format(base=self.base), outcome)
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            conn.execute(insert(audit_events).values(
-                id=event_id, recorded=recorded, client_id=rec.client_id, organization=rec.organization,
-                role=rec.role, action=action, subtype=rec.activity, outcome=outcome, status=rec.outcome_status,
-                entity_type=rec.entity_type, entity_id=rec.entity_id, address=rec.address,
-                content=orjson.dumps(event)))
+        # concurrent requests' rows share one transaction; this returns once the row is committed
+        self._writer.insert(dict(
+            id=event_id, recorded=recorded, client_id=rec.client_id, organization=rec.organization,
+            role=rec.role, action=action, subtype=rec.activity, outcome=outcome, status=rec.outcome_status,
+            entity_type=rec.entity_type, entity_id=rec.entity_id, address=rec.address,
+            content=orjson.dumps(event)))
         AUDIT_EVENTS.labels(rec.activity, outcome).inc()
         if rec.activity == "token":
             TOKENS.labels("issued" if outcome == "0" else "refused").inc()
