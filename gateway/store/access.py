@@ -392,7 +392,7 @@ def claimed_elsewhere(conn, resource_type: str, tokens: list[tuple[str, str]], o
         return []
     t, r = schema.idx_token, schema.resources
     conditions = [t.c.res_type == resource_type, t.c.param == "identifier",
-                  or_(*[and_(t.c.system == system, t.c.code == value) for system, value in tokens]),
+                  schema.token_match(tokens),
                   r.c.res_type == t.c.res_type, r.c.res_id == t.c.res_id, r.c.deleted.is_(False),
                   or_(r.c.owner.is_(None), r.c.owner != organization) if organization else r.c.owner.isnot(None)]
     if except_id is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from gateway.store import access, schema
 
@@ -68,8 +68,9 @@ def link_patient(tx: "StoreTransaction", patient: dict) -> dict | None:
 def _persons_with(tx: "StoreTransaction", tokens: list[tuple[str, str]]) -> list[dict]:
     t, r = schema.idx_token, schema.resources
     ids = select(t.c.res_id).where(t.c.res_type == "Person", t.c.param == "identifier",
-                                   or_(*[and_(t.c.system == system, t.c.code == value) for system, value in tokens]))
-    rows = tx.conn.execute(select(r.c.content).where(r.c.res_type == "Person", r.c.res_id.in_(ids),
-                                                     r.c.deleted.is_(False)).order_by(r.c.last_updated, r.c.res_id)).all()
+                                   schema.token_match(tokens))
+    # ordered here, not in SQL: ORDER BY last_updated made SQLite walk every Person through that index
+    rows = tx.conn.execute(select(r.c.content, r.c.last_updated, r.c.res_id).where(
+        r.c.res_type == "Person", r.c.res_id.in_(ids), r.c.deleted.is_(False))).all()
     from gateway.store.resources import _load
-    return [_load(row.content) for row in rows]
+    return [_load(row.content) for row in sorted(rows, key=lambda row: (row.last_updated, row.res_id))]

@@ -7,11 +7,12 @@ transaction, so the ingest pipeline (and routing's outbox) commit all of a messa
 from __future__ import annotations
 
 import secrets
-import uuid
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from random import getrandbits
+from typing import Iterator
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -63,6 +64,19 @@ class OwnershipConflict(StoreError):
         super().__init__(f"{resource_type} identifier {numbers} belongs to another organization; nothing was stored")
 
 
+def new_resource_id() -> str:
+    """A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds, then 74 random bits.
+
+    Ids written close in time sort together, so the primary keys and every index that starts with
+    (type, id) (versions, the index tables' per-resource indexes, the outbox) grow at their right
+    edge. Random (version 4) ids put each new resource on a random leaf page of each of those
+    indexes, so every message dirtied pages all over a file larger than the page cache."""
+    value = ((time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | getrandbits(12) << 64 | 0b10 << 62
+             | getrandbits(62))
+    h = "%032x" % value
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def now_instant() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -111,7 +125,7 @@ class StoreTransaction:
         if not tokens:
             return []
         t = schema.idx_token
-        matches = or_(*[and_(t.c.system == system, t.c.code == value) for system, value in tokens])
+        matches = schema.token_match(tokens)
         ids = select(t.c.res_id).where(t.c.res_type == resource_type, t.c.param == param, matches).distinct()
         r = schema.resources
         rows = self.conn.execute(select(r.c.content).where(
@@ -121,7 +135,7 @@ class StoreTransaction:
 
     def create(self, resource: dict) -> dict:
         resource = dict(resource)
-        resource["id"] = resource.get("id") or str(uuid.uuid4())
+        resource["id"] = resource.get("id") or new_resource_id()
         access.before_write(self.conn, "c", resource, None)
         return self._linked(self._write(resource, 1, "POST", insert_current=True))
 

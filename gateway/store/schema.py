@@ -5,7 +5,7 @@ SQLAlchemy Core so the same code runs on the embedded SQLite file and on Postgre
 from __future__ import annotations
 
 from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, event)
+                        UniqueConstraint, and_, create_engine, event, or_)
 from sqlalchemy.engine import Engine
 
 metadata = MetaData()
@@ -62,6 +62,16 @@ Index("ix_idx_date_high", idx_date.c.res_type, idx_date.c.param, idx_date.c.high
 idx_reference = _index_table("idx_reference", Column("target", String(255), nullable=False))
 Index("ix_idx_reference_lookup", idx_reference.c.res_type, idx_reference.c.param, idx_reference.c.target,
       idx_reference.c.res_id)
+
+def token_match(tokens: "list[tuple[str | None, str]]"):
+    """idx_token rows carrying any of the (system, code) pairs, written so SQLite and PostgreSQL
+    seek the lookup index on ``code IN (...)``: an OR of (system AND code) pairs alone made SQLite
+    read every token row of the type through the (type, id, param) index."""
+    pairs = [and_(idx_token.c.system == system, idx_token.c.code == code) for system, code in tokens]
+    if len(pairs) == 1:
+        return pairs[0]
+    return and_(idx_token.c.code.in_(sorted({code for _system, code in tokens})), or_(*pairs))
+
 
 INDEX_TABLES = {"token": idx_token, "string": idx_string, "date": idx_date, "reference": idx_reference}
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import orjson
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from gateway.store import access, schema
 from gateway.store.resources import AccessDenied, OwnershipConflict, StoreTransaction
@@ -243,11 +243,11 @@ def _link_waiting(tx: StoreTransaction, stored: dict, result: UpsertResult) -> N
                             if p.type == "token" and (*path, "identifier") in p.paths), None)
             if waiting is None:
                 continue
+            # no DISTINCT: it made SQLite read the type's token rows in id order instead of seeking the codes
             ids = tx.conn.execute(select(t.c.res_id).where(
                 t.c.res_type == reference.resource_type, t.c.param == waiting.name,
-                or_(*[and_(t.c.system == system, t.c.code == value) for system, value in identifiers])
-            ).distinct()).scalars().all()
-            for res_id in ids:
+                schema.token_match(identifiers))).scalars().all()
+            for res_id in dict.fromkeys(ids):
                 # linked on behalf of the waiting record's owner, and only to what that owner may match
                 with access.sending_as(access.owner_of(tx.conn, reference.resource_type, res_id)):
                     current = tx.read(reference.resource_type, res_id)
