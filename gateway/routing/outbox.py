@@ -260,7 +260,7 @@ def referenced_ids(resource: Any) -> list[tuple[str, str]]:
 def resource_version(conn: Connection, res_type: str, res_id: str, version_id: int) -> tuple[dict | None, bool]:
     """(content, deleted) of one stored version."""
     v = schema.resource_versions
-    row = conn.execute(select(v.c.content, v.c.deleted).where(
+    row = conn.execute(select(schema.version_content(), v.c.deleted).where(
         v.c.res_type == res_type, v.c.res_id == res_id, v.c.version_id == version_id)).first()
     if row is None:
         return None, False

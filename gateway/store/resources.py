@@ -1,6 +1,7 @@
 """Versioned resource store with declared-parameter search indexes.
 
-Every write makes a new version (kept in ``resource_versions``) and re-indexes the resource from
+Every write makes a new version (kept in ``resource_versions``; the current version's JSON is
+stored once, in ``resources``, see ``schema.version_content``) and re-indexes the resource from
 ``search_parameters.yaml``. Writes happen inside :meth:`ResourceStore.write`, one database
 transaction, so the ingest pipeline (and routing's outbox) commit all of a message or none of it.
 """
@@ -196,6 +197,7 @@ class StoreTransaction:
         access.before_write(self.conn, "d", _load(row.content), _load(row.content), row.owner)
         version = row.version_id + 1
         stamp = now_instant()
+        self.conn.execute(_SUPERSEDE, {"res_type_": resource_type, "res_id_": resource_id})
         self.conn.execute(update(schema.resources).where(
             schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id).values(
             version_id=version, last_updated=stamp, deleted=True))
@@ -216,11 +218,13 @@ class StoreTransaction:
         key = dict(res_type=resource["resourceType"], res_id=resource["id"])
         if insert_current:      # the owner is decided once, when the resource is first stored
             self.conn.execute(insert(schema.resources).values(**key, **values, owner=access.owner_for_new(resource)))
-        else:
+        else:                   # the version it replaces keeps its JSON in resource_versions from now on
+            self.conn.execute(_SUPERSEDE, {"res_type_": key["res_type"], "res_id_": key["res_id"]})
             self.conn.execute(update(schema.resources).where(
                 schema.resources.c.res_type == key["res_type"], schema.resources.c.res_id == key["res_id"]
             ).values(**values))
-        self.conn.execute(insert(schema.resource_versions).values(**key, **values, method=method))
+        self.conn.execute(insert(schema.resource_versions).values(
+            **key, **values | {"content": schema.CURRENT_CONTENT}, method=method))
         if not insert_current:          # a resource written for the first time has no index rows yet
             self._unindex(key["res_type"], key["res_id"])
         self._index(resource)
@@ -238,6 +242,13 @@ class StoreTransaction:
 
 
 # built once: constructing the statement per write cost more than running it
+_SUPERSEDE = update(schema.resource_versions).where(
+    schema.resource_versions.c.res_type == bindparam("res_type_"),
+    schema.resource_versions.c.res_id == bindparam("res_id_"),
+    func.length(schema.resource_versions.c.content) == 0,
+).values(content=select(schema.resources.c.content).where(
+    schema.resources.c.res_type == bindparam("res_type_"),
+    schema.resources.c.res_id == bindparam("res_id_")).scalar_subquery())
 _UNINDEX_STATEMENTS = [delete(t).where(t.c.res_type == bindparam("res_type_"), t.c.res_id == bindparam("res_id_"))
                        for t in schema.INDEX_TABLES.values()]
 
@@ -285,7 +296,7 @@ class ResourceStore:
             raise ResourceNotFound(f"version '{version_id}' of {resource_type}/{resource_id} is not known")
         v = schema.resource_versions
         with self.engine.connect() as conn:
-            row = conn.execute(select(v.c.content, v.c.deleted).where(
+            row = conn.execute(select(schema.version_content(), v.c.deleted).where(
                 v.c.res_type == resource_type, v.c.res_id == resource_id, v.c.version_id == int(version_id))).first()
             if row is not None:
                 self._check_visible(conn, resource_type, resource_id)
@@ -299,7 +310,8 @@ class ResourceStore:
         """(resource, method, deleted) for every version, newest first."""
         v = schema.resource_versions
         with self.engine.connect() as conn:
-            rows = conn.execute(select(v.c.content, v.c.method, v.c.deleted, v.c.version_id, v.c.last_updated).where(
+            rows = conn.execute(select(schema.version_content(), v.c.method, v.c.deleted, v.c.version_id,
+                                       v.c.last_updated).where(
                 v.c.res_type == resource_type, v.c.res_id == resource_id).order_by(v.c.version_id.desc())).all()
         if not rows:
             raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
@@ -341,7 +353,7 @@ class ResourceStore:
                 return HistoryPage([], 0, None)
             conditions.append(v.c.last_updated <= till)
             total = conn.execute(select(func.count()).select_from(v).where(*conditions)).scalar_one()
-            rows = conn.execute(select(v.c.res_type, v.c.res_id, v.c.content, v.c.method, v.c.deleted,
+            rows = conn.execute(select(v.c.res_type, v.c.res_id, schema.version_content(), v.c.method, v.c.deleted,
                                        v.c.version_id, v.c.last_updated).where(*conditions)
                                 .order_by(v.c.last_updated.desc(), v.c.res_type, v.c.res_id, v.c.version_id.desc())
                                 .offset(offset).limit(count)).all()
@@ -390,7 +402,7 @@ class ResourceStore:
             last_id = rows[-1].res_id
 
     def search(self, resource_type: str, criteria: list[SearchCriterion], count: int = 50,
-               cursor: str | None = None, *, sort: list[SortKey] | None = None, total: str = "accurate",
+               cursor: str | None = None, *, sort: list[SortKey] | None = None, total: str | None = None,
                includes: list[IncludeSpec] | None = None) -> SearchPage:
         """Current resources matching all criteria, a page at a time (keyset cursor, see gateway.store.search)."""
         return run_search(self, resource_type, criteria, count, cursor, sort, total, includes)

@@ -33,7 +33,7 @@ def owned_by(gateway, organization: str) -> dict:
     [(version, deleted, content)]. Compared before and after an attack."""
     r, v = schema.resources, schema.resource_versions
     with gateway.store.engine.connect() as conn:
-        rows = conn.execute(select(v.c.res_type, v.c.res_id, v.c.version_id, v.c.deleted, v.c.content)
+        rows = conn.execute(select(v.c.res_type, v.c.res_id, v.c.version_id, v.c.deleted, schema.version_content())
                             .join(r, (r.c.res_type == v.c.res_type) & (r.c.res_id == v.c.res_id))
                             .where(r.c.owner == organization)
                             .order_by(v.c.res_type, v.c.res_id, v.c.version_id)).all()
