@@ -107,7 +107,7 @@ class SearchQuery:
     count: int = 50
     cursor: str | None = None
     includes: list[IncludeSpec] = field(default_factory=list)
-    total: str = "accurate"
+    total: str | None = None       # _total; None: the total only when it costs nothing (see run_search)
     summary: str | None = None
     elements: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)   # parameters not understood (ignored when lenient)
@@ -672,8 +672,13 @@ def query_fingerprint(resource_type: str, criteria: list[SearchCriterion], sort:
 # ================================================================== running a search
 
 def run_search(store: "ResourceStore", resource_type: str, criteria: list[SearchCriterion], count: int,
-               cursor: str | None = None, sort: list[SortKey] | None = None, total: str = "accurate",
+               cursor: str | None = None, sort: list[SortKey] | None = None, total: str | None = None,
                includes: list[IncludeSpec] | None = None) -> SearchPage:
+    """One page of matches. The total is counted only on request (``total`` "accurate" or
+    "estimate", as HAPI FHIR's ``_total``, or ``count`` 0: nothing but the total): counting a wide
+    search cost more than finding its page (a week of orders at 500,000 resources). Without a
+    request, a first page that holds every match still says how many there are (free); otherwise
+    the Bundle has no total."""
     r = schema.resources
     sort = list(sort or [])
     keys = [(_sort_expression(store.params, resource_type, r, k), k.descending) for k in sort]
@@ -691,11 +696,13 @@ def run_search(store: "ResourceStore", resource_type: str, criteria: list[Search
         conditions += access.visible_conditions(r.c.res_type, r.c.res_id, resource_type)   # caller's organization
         page_conditions = conditions if after is None else [*conditions, after]
         counted = None
-        if total != "none":
+        if total in ("accurate", "estimate") or (total is None and count == 0):    # _count=0: only the total
             counted = conn.execute(select(func.count()).select_from(r).where(*conditions)).scalar_one()
         rows = conn.execute(select(*columns).where(*page_conditions).order_by(*order).limit(count + 1)).all() \
             if count > 0 else []
         more = len(rows) > count
+        if counted is None and total is None and not cursor and not more and count > 0:
+            counted = len(rows)
         rows = rows[:count]
         if backwards:
             rows.reverse()

@@ -34,7 +34,7 @@ def _link(bundle: dict, relation: str) -> str | None:
 
 
 def test_pages_follow_next_and_previous_links_in_sort_order(client, loaded):
-    bundle = client.get("/fhir/Patient?_sort=-birthdate&_count=1").get_json()
+    bundle = client.get("/fhir/Patient?_sort=-birthdate&_count=1&_total=accurate").get_json()
     assert bundle["total"] == 4 and _link(bundle, "previous") is None
     order, pages = [], []
     while True:
@@ -118,6 +118,17 @@ def test_elements_keeps_only_the_named_elements(client, loaded):
 def test_total_none_leaves_total_out(client, loaded):
     bundle = client.get("/fhir/Patient?_total=none").get_json()
     assert "total" not in bundle and len(bundle["entry"]) == 4
+
+
+def test_total_is_counted_on_request_only_unless_one_page_holds_every_match(client, loaded):
+    """As HAPI FHIR: counting a wide search costs more than its page, so ``_total=accurate`` asks for it;
+    a first page holding every match says how many for free; ``_count=0`` is a request for the total."""
+    assert "total" not in client.get("/fhir/Patient?_count=2").get_json()
+    assert client.get("/fhir/Patient?_count=2&_total=accurate").get_json()["total"] == 4
+    assert client.get("/fhir/Patient?_count=10").get_json()["total"] == 4
+    assert client.get("/fhir/Patient?_count=0").get_json()["total"] == 4
+    second = client.get(_link(client.get("/fhir/Patient?_count=2").get_json(), "next")).get_json()
+    assert "total" not in second and len(second["entry"]) == 2
 
 
 def test_post_search_with_a_form_body(client, loaded):
