@@ -3,8 +3,8 @@
 One row per arrival (a resend is a new row pointing at the same content hash), with the ACK that
 was sent and what came of it. Nothing here parses HL7 or knows FHIR.
 
-Two write transactions per message: :meth:`MessageLog.receive` commits the raw bytes alone (nothing
-is lost before the ACK), and :meth:`MessageLog.finish` records who sent it, the outcome and the ACK
+Two write transactions per message: :meth:`MessageLog.receive` commits the raw bytes first (nothing
+is lost before the ACK; concurrent arrivals' rows are group-committed together), and :meth:`MessageLog.finish` records who sent it, the outcome and the ACK
 in one UPDATE, inside the caller's transaction when it has one (the pipeline's store transaction),
 so the entry, the resources, Provenance and outbox rows commit together.
 """
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gateway.store import now_instant
 from gateway.store.access import bound_organization
+from gateway.store.group_commit import GroupCommit
 from gateway.store.schema import message_log
 
 FINISHED = ("processed", "error", "rejected", "on-hold")
@@ -87,6 +88,7 @@ class EarlierArrivals:
 class MessageLog:
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._receiver = GroupCommit(engine, _INSERT, returning_keys=True)
 
     def receive(self, raw: bytes, *, transport: str, format: str = "hl7v2") -> int:
         """Store the bytes as they came; returns the log id. Called before anything can fail.
@@ -94,11 +96,12 @@ class MessageLog:
         The organization the sender was held to (``bound_to``) is kept in the detail, so a replay or
         start-up recovery holds the message to the same organization as its arrival did."""
         bound = bound_organization()
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            return conn.execute(_INSERT, {
-                "received_at": now_instant(), "transport": transport, "format": format, "raw": raw,
-                "content_sha256": content_digest(raw), "status": "received",
-                "detail": orjson.dumps({"bound_to": bound}).decode() if bound else None}).inserted_primary_key[0]
+        # concurrent arrivals share one transaction (gateway/store/group_commit.py); each returns
+        # only once its own row is committed
+        return self._receiver.insert({
+            "received_at": now_instant(), "transport": transport, "format": format, "raw": raw,
+            "content_sha256": content_digest(raw), "status": "received",
+            "detail": orjson.dumps({"bound_to": bound}).decode() if bound else None})
 
     def earlier_arrivals(self, log_id: int, sender_facility: str, control_id: str) -> "EarlierArrivals":
         """What this sender sent before under the same control id, in one query: the first finished

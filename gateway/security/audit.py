@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
@@ -21,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.observability import AUDIT_EVENTS, TOKENS
 from gateway.security.tables import audit_events, create_security_tables
+from gateway.store import new_resource_id
 from gateway.store.group_commit import GroupCommit
 
 REST_INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -69,7 +69,7 @@ class AuditLog:
         self._writer = GroupCommit(engine, insert(audit_events))
 
     def record(self, rec: AuditRecord) -> str:
-        event_id = str(uuid.uuid4())
+        event_id = new_resource_id()     # time-ordered: the unique index on id grows at its end
         recorded = _now()
         outcome = "0" if rec.outcome_status < 400 else ("4" if rec.outcome_status < 500 else "8")
         action, system = ACTIVITIES.get(rec.activity, ACTIVITIES["other"])

@@ -89,3 +89,23 @@ def test_one_caller_alone_commits_at_once(engine):
     writer.insert({"name": "alone"})
     assert _names(engine) == ["alone"] and len(begins) == 1
     assert not writer._leading and not writer._queue
+
+
+def test_returning_keys_gives_each_caller_its_own_row_id(engine, tmp_path):
+    writer = GroupCommit(engine, insert(rows), returning_keys=True)
+    keys: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def insert_one(name: str) -> None:
+        key = writer.insert({"name": name})
+        with lock:
+            keys[name] = key
+
+    threads = [threading.Thread(target=insert_one, args=(f"k{i}",)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(rows.c.name, rows.c.id)).all())
+    assert keys == stored and len(set(keys.values())) == 12
