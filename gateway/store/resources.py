@@ -238,10 +238,11 @@ class StoreTransaction:
         rows = index_rows(self.store.params, resource, self.store.zone)
         for search_type, table_rows in rows.items():
             if table_rows:
-                self.conn.execute(insert(schema.INDEX_TABLES[search_type]), table_rows)
+                self.conn.execute(_INDEX_INSERTS[search_type], table_rows)
 
 
 # built once: constructing the statement per write cost more than running it
+_INDEX_INSERTS = {search_type: insert(table) for search_type, table in schema.INDEX_TABLES.items()}
 _SUPERSEDE = update(schema.resource_versions).where(
     schema.resource_versions.c.res_type == bindparam("res_type_"),
     schema.resource_versions.c.res_id == bindparam("res_id_"),
