@@ -96,7 +96,8 @@ class Server:
 
     def __init__(self, data_dir: Path | None, threads: int = 8, bare: bool = False):
         self.port, self.mllp_port = _free_port(), _free_port()
-        env = {**os.environ, "GATEWAY_RATE_LIMIT": "100000000 per minute", "GATEWAY_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "GATEWAY_RATE_LIMIT": "100000000 per minute", "GATEWAY_LOG_LEVEL": "WARNING",
+               "GATEWAY_TOKEN_LIFETIME_SECONDS": "86400"}      # one token for the whole run
         if bare:
             cmd = [sys.executable, __file__, "--bare-server", str(self.port), "--threads", str(threads)]
         else:
