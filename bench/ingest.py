@@ -78,6 +78,7 @@ def order(tag: str, i: int) -> bytes:
     patient = i % PATIENTS
     return (base.replace(b"BSH20260315000001", f"{tag}{i:08d}".encode())
             .replace(b"BSH-RX-0001", f"RX{tag}-{i:08d}".encode())
+            .replace(b"BSH-RXNUM-0001", f"RXN{tag}-{i:08d}".encode())
             .replace(b"H0012345", f"H{patient:06d}".encode())
             .replace(b"46010019900101123X", resident_id(patient).encode())
             .replace(b"20260315092500", authored))
@@ -219,8 +220,11 @@ def _client(transport: str, port: int, token: str, tag: str, first: int, count: 
                         raise ConnectionError("MLLP connection closed")
                     buffer += chunk
                 frame, _, buffer = buffer.partition(MLLP_END)
-                local.append((time.perf_counter() - t, b"MSA|AA" in frame))
-                if b"MSA|AA" not in frame and not failures:
+                # the sample asks for enhanced-mode acknowledgement (MSH-15 AL, MSH-16 NE): a commit
+                # accept (CA), sent once the message is stored, is its only answer
+                ok = b"MSA|CA" in frame or b"MSA|AA" in frame
+                local.append((time.perf_counter() - t, ok))
+                if not ok and not failures:
                     failures.append(f"MLLP: {frame[:300]!r}")
             sock.close()
         with lock:
