@@ -45,8 +45,9 @@ CURRENT_CONTENT = b""
 
 def version_content():
     """A version's JSON: its own when superseded, else the resource's current content."""
-    v, r = resource_versions, resources
-    current = select(r.c.content).where(r.c.res_type == v.c.res_type, r.c.res_id == v.c.res_id).scalar_subquery()
+    v, r = resource_versions, resources.alias("current_version")   # aliased: the outer query may join resources
+    current = (select(r.c.content).where(r.c.res_type == v.c.res_type, r.c.res_id == v.c.res_id)
+               .correlate_except(r).scalar_subquery())
     return case((func.length(v.c.content) == 0, current), else_=v.c.content).label("content")
 
 
