@@ -84,7 +84,7 @@ def run_demo(verbose: bool = False, out=sys.stdout) -> int:
         expectations = [spec for spec in listed if (SAMPLES / spec["file"]).is_file()]
         absent = [spec["file"] for spec in listed if spec not in expectations]
         unlisted = sorted(p.name for p in SAMPLES.iterdir() if p.name not in {spec["file"] for spec in listed})
-        runs = [_send(gateway, base, headers, spec) for spec in expectations]
+        runs = [_send(app, gateway, base, headers, spec) for spec in expectations]
         settled = _settle(gateway)
         places = _where_delivered(gateway, receivers)
         for run, spec in zip(runs, expectations):
@@ -118,20 +118,29 @@ def run_demo(verbose: bool = False, out=sys.stdout) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _credentials(app, base: str) -> dict:
-    """Headers for the demo's requests: when the gateway's security is installed, a token for its
-    demo admin client (development only), fetched like any client would."""
+def _credentials(app, base: str, sender: dict | None = None) -> dict:
+    """Headers for one sample's request: when the gateway's security is installed, a token fetched
+    like any client would, for the demo admin client (development only) or, where the sample names
+    its ``sender`` (role and organization), for a client registered as that sender: a pharmacy's
+    dispense completes an order only when a pharmacy sends it, as in production."""
     if "security" not in app.extensions:
         return {}
     from gateway.security.cli import DEMO_CLIENT_ID, announce_demo_client
-    secret = announce_demo_client(app, out=io.StringIO())
+    if sender is None:
+        client_id, secret = DEMO_CLIENT_ID, announce_demo_client(app, out=io.StringIO())
+    else:
+        client_id = f"demo-{sender['role']}-{sender['organization']}".lower().replace("_", "-")
+        _client, secret = app.extensions["security"].clients.add(
+            client_id, sender["organization"], sender["role"], replace=True, description="demo sender")
     response = requests.post(f"{base}/auth/token", data={"grant_type": "client_credentials"},
-                             auth=(DEMO_CLIENT_ID, secret), timeout=10)
+                             auth=(client_id, secret), timeout=10)
     response.raise_for_status()
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
-def _send(gateway, base: str, headers: dict, spec: dict) -> SampleRun:
+def _send(app, gateway, base: str, headers: dict, spec: dict) -> SampleRun:
+    if spec.get("sender"):
+        headers = _credentials(app, base, spec["sender"])
     path = SAMPLES / spec["file"]
     run = SampleRun(spec["file"])
     needs = spec.get("needs")
