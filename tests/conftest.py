@@ -86,3 +86,16 @@ def r4check():
         pytest.fail(str(exc))          # never a skip: CI must run the independent check
     yield checker
     checker.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL on a free loopback port for this test session (tests/postgres.py); each test
+    takes a database of its own with ``postgres_server.new_database()``. Never a skip: CI installs it."""
+    from tests.postgres import PostgresServer, PostgresUnavailable
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()

@@ -14,6 +14,8 @@ with a :class:`FhirOrigin` in place of the HL7 message, so FHIR writes are route
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -106,10 +108,13 @@ class FhirWriter:
     def write(self, request: WriteRequest, origin: FhirOrigin | None = None) -> WriteResult:
         origin = origin or FhirOrigin()
         self._check_request(request)
-        with self.store.write() as tx:
+
+        def unit(tx: StoreTransaction) -> tuple[WriteResult, Any]:
             written: list[tuple[Any, dict, str]] = []
-            result = self._apply(tx, request, written, "")
-            routed = self._route(tx, written, origin)
+            attempt = dataclasses.replace(request, resource=copy.deepcopy(request.resource))   # fresh each try
+            result = self._apply(tx, attempt, written, "")
+            return result, self._route(tx, written, origin)
+        result, routed = self.store.writing(unit)
         for held in getattr(routed, "held", None) or []:
             result.warnings.append(Issue("warning", "informational", f"stored, held by routing: {held}"))
         return result
@@ -119,14 +124,18 @@ class FhirWriter:
     def transaction(self, bundle: dict, origin: FhirOrigin | None = None) -> dict:
         """All entries or none; answers a transaction-response Bundle, raises WriteError on any failure."""
         origin = origin or FhirOrigin()
-        requests = [self._entry_request(entry, i) for i, entry in enumerate(_entries(bundle))]
-        for i, request in enumerate(requests):
+        checked = [self._entry_request(entry, i) for i, entry in enumerate(_entries(bundle))]
+        for i, request in enumerate(checked):
             if request is not None:
                 self._check_request(request, f"Bundle.entry[{i}]")
-        results: list[WriteResult | dict | None] = [None] * len(requests)
         # FHIR processing order: DELETE, POST, PUT, GET; the answer keeps the request order
-        order = sorted(range(len(requests)), key=lambda i: _METHOD_ORDER[_method_of(bundle, i)])
-        with self.store.write() as tx:
+        order = sorted(range(len(checked)), key=lambda i: _METHOD_ORDER[_method_of(bundle, i)])
+
+        def unit(tx: StoreTransaction) -> list[WriteResult | dict | None]:
+            # references are rewritten in place: each try starts from the entries as they came
+            requests = [dataclasses.replace(r, resource=copy.deepcopy(r.resource)) if r is not None else None
+                        for r in checked]
+            results: list[WriteResult | dict | None] = [None] * len(requests)
             assigned = self._assign_ids(tx, requests)
             for request in requests:
                 if request is not None and request.resource is not None:
@@ -138,6 +147,8 @@ class FhirWriter:
                 else:
                     results[i] = self._apply(tx, requests[i], written, f"Bundle.entry[{i}]")
             self._route(tx, written, origin)
+            return results
+        results = self.store.writing(unit)
         return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "transaction-response",
                 "entry": [_response_entry(r) for r in results]}
 

@@ -103,13 +103,18 @@ class MessageLog:
             "content_sha256": content_digest(raw), "status": "received",
             "detail": orjson.dumps({"bound_to": bound}).decode() if bound else None})
 
-    def earlier_arrivals(self, log_id: int, sender_facility: str, control_id: str) -> "EarlierArrivals":
+    def earlier_arrivals(self, log_id: int, sender_facility: str, control_id: str,
+                         conn: Connection | None = None) -> "EarlierArrivals":
         """What this sender sent before under the same control id, in one query: the first finished
         arrival with the same content (its ACK is the answer to a resend), and whether any arrival
-        had other content (the sender's counter was reset)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(_SAME_SENDER, {"log_id": log_id, "facility": sender_facility,
-                                               "control": control_id}).all()
+        had other content (the sender's counter was reset). On ``conn`` (the caller's write
+        transaction) when given."""
+        params = {"log_id": log_id, "facility": sender_facility, "control": control_id}
+        if conn is not None:
+            rows = conn.execute(_SAME_SENDER, params).all()
+        else:
+            with self.engine.connect() as own:
+                rows = own.execute(_SAME_SENDER, params).all()
         same = next((r for r in rows if r.same_content and r.status in FINISHED), None)
         return EarlierArrivals(_logged(same) if same else None, any(not r.same_content for r in rows))
 

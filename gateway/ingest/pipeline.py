@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.bounds import first_and_count, order_segments
 from gateway.hl7v2 import AckCode, Hl7Error, Hl7Message, Hl7ParseError, build_ack, parse_message
-from gateway.ingest.messagelog import MessageLog
+from gateway.ingest.messagelog import LoggedMessage, MessageLog
 from gateway.mapping.engine import MappedMessage, MappedResource, MappingSet
 from gateway.mapping.terminology import Terminology
 from gateway.observability import about_message, count_message, stage
@@ -111,6 +111,7 @@ class Hl7Pipeline:
             error = Hl7Error(text="The gateway could not process this message now; it is kept (log id "
                              f"{log_id}) and can be replayed", code="207")
             ack = self._ack({}, AckCode.AR, [error])
+            # finished without the sender's identity: never found as the answer to a resend
             self.log.finish(log_id, "error", ack, {"errors": [error.text]})
             return IngestResult(ack, "AR", log_id, "error", errors=[error])
 
@@ -130,6 +131,11 @@ class Hl7Pipeline:
 
     # ------------------------------------------------------------------ steps
 
+    def _answer_resend(self, log_id: int, message: Hl7Message, earlier: LoggedMessage) -> IngestResult:
+        """A resend (same sender, MSH-10 and content) gets the ACK the first arrival got, changing nothing."""
+        self.log.finish(log_id, earlier.status, earlier.ack, {"duplicate_of": earlier.id}, identity=_identity(message))
+        return IngestResult(earlier.ack, _ack_code(earlier.ack), log_id, earlier.status, message, duplicate=True)
+
     def _ingest(self, raw: bytes, log_id: int, resend_check: bool = True) -> IngestResult:
         try:
             with stage("parse"):
@@ -148,10 +154,7 @@ class Hl7Pipeline:
         earlier = self.log.earlier_arrivals(log_id, message.sending_facility, message.control_id)
         resend = earlier.same_content if resend_check else None
         if resend is not None and resend.ack is not None:
-            self.log.finish(log_id, resend.status, resend.ack, {"duplicate_of": resend.id},
-                            identity=_identity(message))
-            return IngestResult(resend.ack, _ack_code(resend.ack), log_id, resend.status, message,
-                                duplicate=True)
+            return self._answer_resend(log_id, message, resend)
         if earlier.other_content:
             warnings.append(f"control id {message.control_id} was used before by {message.sending_facility} "
                             "for a different message; processed as a new message")
@@ -189,7 +192,14 @@ class Hl7Pipeline:
         answered: list[IngestResult] = []
 
         def answer(tx: StoreTransaction, stored: StoredResources) -> None:
-            """The ACK and the log entry's outcome, written in the store's transaction."""
+            """The ACK and the log entry's outcome, written in the store's transaction. The resend check
+            is made again in it: the same message arriving twice at once both pass the first check,
+            and the one that commits second must answer the first one's ACK, not store it again."""
+            answered.clear()
+            if resend_check:
+                again = self.log.earlier_arrivals(log_id, message.sending_facility, message.control_id, tx.conn)
+                if again.same_content is not None and again.same_content.ack is not None:
+                    raise _ResentMeanwhile(again.same_content)
             done = warnings + stored.warnings
             refs = [f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}" for _m, r, _a in stored.written]
             if stored.unresolved:   # stored, but a reference names nothing stored yet (a dispense before its order)
@@ -204,6 +214,8 @@ class Hl7Pipeline:
             with stage("store"):        # validation, resources, Provenance, outbox rows, log entry: one transaction
                 self.store_mapped(mapped.resources, source, message,
                                   lambda changed: self._provenance(message, changed, source), before_commit=answer)
+        except _ResentMeanwhile as exc:
+            return self._answer_resend(log_id, message, exc.earlier)
         except UpsertRejected as exc:
             errors = [self._problem_error(p.mapped, p.text, p.code, p.element) for p in exc.result.problems]
             return self._finish(log_id, message, AckCode.AE, errors, warnings + exc.result.warnings, "error")
@@ -240,8 +252,8 @@ class Hl7Pipeline:
                 _flag(resource, keep_profile=True)   # the report of what was stored despite a rule (written after it)
             return problems, warnings
 
-        # the sending facility is tagged on what is stored (meta.tag, gateway/store/access.py)
-        with sending_as(getattr(origin, "sending_facility", None) or current_sender()), self.store.write() as tx:
+        def unit(tx: StoreTransaction) -> StoredResources:     # run again whole if a concurrent writer conflicts
+            relaxed.clear()
             outcome = apply_mapped(tx, resources, source, check)
             written = list(outcome.written)
             changed = [r for _m, r, action in written if action in ("create", "update")]
@@ -252,7 +264,11 @@ class Hl7Pipeline:
                                      list(getattr(routed, "held", None) or []))
             if before_commit is not None:
                 before_commit(tx, stored)
-        return stored
+            return stored
+
+        # the sending facility is tagged on what is stored (meta.tag, gateway/store/access.py)
+        with sending_as(getattr(origin, "sending_facility", None) or current_sender()):
+            return self.store.writing(unit)
 
     def _check(self, mapped: MappedResource, resource: dict,
                context: str | None = None) -> tuple[list[UpsertProblem], list[str], bool]:
@@ -367,6 +383,14 @@ def _flag(resource: dict, keep_profile: bool = False) -> None:
     if not any(isinstance(t, dict) and t.get("system") == REPORT_FLAG_SYSTEM and t.get("code") == "needs-review"
                for t in tags):
         tags.append(dict(NEEDS_REVIEW))
+
+
+class _ResentMeanwhile(Exception):
+    """The same message, sent at the same moment, was stored by another writer first: roll back."""
+
+    def __init__(self, earlier: LoggedMessage):
+        super().__init__(f"log id {earlier.id} was stored first")
+        self.earlier = earlier
 
 
 def _identity(message: Hl7Message) -> dict[str, str | None]:

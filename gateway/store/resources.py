@@ -12,13 +12,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from random import getrandbits
-from typing import Iterator
+from random import getrandbits, uniform
+from typing import Callable, Iterator, TypeVar
 from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, true, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from gateway.store import access, schema
 from gateway.store.search import (CursorCodec, IncludeSpec, SearchCriterion, SearchPage, SortKey,
@@ -30,6 +31,13 @@ class StoreError(Exception):
     """A request the store cannot satisfy; ``status`` is the HTTP status a FHIR API should answer."""
     status = 400
     issue_code = "processing"
+
+
+class WriteConflict(StoreError):
+    """Concurrent writers kept conflicting until the attempts ran out: nothing was stored; the
+    client may send it again (HTTP 409, HL7 AR 207, never remembered as the answer to a resend)."""
+    status = 409
+    issue_code = "transient"
 
 
 class ResourceNotFound(StoreError):
@@ -254,6 +262,19 @@ _UNINDEX_STATEMENTS = [delete(t).where(t.c.res_type == bindparam("res_type_"), t
                        for t in schema.INDEX_TABLES.values()]
 
 
+# PostgreSQL SQLSTATEs that mean "a concurrent writer got there first": serialization_failure,
+# deadlock_detected, unique_violation (an identity claimed by a transaction that committed meanwhile)
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "23505"})
+WRITE_ATTEMPTS = 8
+T = TypeVar("T")
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """A database error that re-running the whole unit of work can get past."""
+    original = getattr(exc, "orig", None)
+    return getattr(original, "sqlstate", None) in _CONFLICT_SQLSTATES
+
+
 class ResourceStore:
     def __init__(self, engine: Engine, params: SearchParameterRegistry, zone: ZoneInfo | None = None,
                  cursor_secret: str | bytes | None = None):
@@ -265,9 +286,36 @@ class ResourceStore:
 
     @contextmanager
     def write(self) -> Iterator[StoreTransaction]:
-        with self.engine.connect().execution_options(write=True) as conn:
+        """One write transaction. On SQLite writers take the one write lock at BEGIN (IMMEDIATE), so
+        what a transaction reads stays true until it commits. On PostgreSQL it runs SERIALIZABLE: a
+        concurrent writer that would invalidate what it read (an identifier looked up and found
+        absent, a version read as current) makes one of the two fail with a serialization error,
+        which :meth:`writing` answers by running the whole unit again."""
+        options = {"write": True}
+        if self.engine.dialect.name == "postgresql":
+            options["isolation_level"] = "SERIALIZABLE"
+        with self.engine.connect().execution_options(**options) as conn:
             with conn.begin():
                 yield StoreTransaction(self, conn)
+
+    def writing(self, unit: Callable[[StoreTransaction], T], attempts: int = WRITE_ATTEMPTS) -> T:
+        """Run ``unit`` in one :meth:`write` transaction and commit it; when a concurrent writer
+        conflicts (PostgreSQL: serialization failure, deadlock, a unique key claimed meanwhile), roll
+        back and run the whole unit again, so it decides on what is committed now (HAPI FHIR and
+        Medplum retry the same way). ``unit`` must build everything it writes afresh each time.
+        Raises WriteConflict when the attempts run out."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.write() as tx:
+                    return unit(tx)
+            except DBAPIError as exc:
+                if not is_write_conflict(exc):
+                    raise
+                if attempt == attempts:
+                    raise WriteConflict(f"concurrent writes conflicted {attempts} times; nothing was stored, "
+                                        "send it again") from exc
+                time.sleep(uniform(0, 0.002 * 2 ** attempt))      # de-synchronise the writers that collided
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ reads
 
