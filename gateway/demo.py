@@ -15,6 +15,7 @@ reported as such, so the demo stays honest about what the gateway can do today.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import sys
@@ -51,10 +52,11 @@ class SampleRun:
 
 def run_demo(verbose: bool = False, out=sys.stdout) -> int:
     from gateway.routing.receiver import Receiver
+    quiet = {"werkzeug": logging.WARNING, "gateway": logging.ERROR}
+    levels = {name: logging.getLogger(name).level for name in quiet}      # put back afterwards
     if not verbose:
-        import logging
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        logging.getLogger("gateway").setLevel(logging.ERROR)
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
     workdir = Path(tempfile.mkdtemp(prefix="lecheng-demo-"))
     receivers = {"epc": Receiver("prescription-center", clients=dict([EPC_CLIENT]), require_token=True).start(),
                  "province": Receiver("provincial-regulator").start(),
@@ -116,6 +118,8 @@ def run_demo(verbose: bool = False, out=sys.stdout) -> int:
         for receiver in receivers.values():
             receiver.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _credentials(app, base: str, sender: dict | None = None) -> dict:

@@ -126,9 +126,6 @@ def test_fhirclient_runs_the_readme_searches_including_a_chinese_name(gateway_in
     assert events and all(e.seriousness.coding[0].code.lower() == "non-serious" for e in events)
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=False,
-                   reason="issue 14 item 3 (helper safety): under DATA_DIR=./var every file download is a 500 "
-                          "until their fix lands; this marker goes then")
 def test_a_regulator_downloads_a_whole_bulk_export(gateway_in_a_directory):
     base, token = gateway_in_a_directory
     http = requests.Session()
