@@ -1,6 +1,7 @@
 """Shared fixtures: a gateway app on a temporary SQLite file, sample messages, and an HTTP client."""
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,3 +100,19 @@ def postgres_server():
         pytest.fail(str(exc))
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _store_backend(request, monkeypatch):
+    """``GATEWAY_TEST_STORE=postgresql``: every gateway a test makes (in process, or a ``serve`` it
+    starts) stores in a PostgreSQL database of that test's own instead of a SQLite file, so the
+    whole suite runs on both stores (README "Tests"; .ci/run runs both)."""
+    if os.environ.get("GATEWAY_TEST_STORE", "sqlite") != "postgresql" or os.environ.get("GATEWAY_DATABASE_URL"):
+        yield
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.new_database(with_schema=True)
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", url)
+    yield
+    monkeypatch.delenv("GATEWAY_DATABASE_URL")
+    server.drop_database(url)

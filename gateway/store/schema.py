@@ -5,7 +5,7 @@ SQLAlchemy Core so the same code runs on the embedded SQLite file and on Postgre
 from __future__ import annotations
 
 from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, and_, case, create_engine, event, func, or_, select)
+                        UniqueConstraint, and_, case, create_engine, event, func, or_, select, text)
 from sqlalchemy.engine import Engine
 
 metadata = MetaData()
@@ -140,10 +140,19 @@ def make_engine(url: str) -> Engine:
             # writers take the write lock at BEGIN, so two writers never deadlock upgrading a read lock
             immediate = conn.get_execution_options().get("write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        metadata.create_all(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    metadata.create_all(engine)
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # several processes starting on one empty database: the first creates the tables, the
+                # others wait here and then find them (CREATE TABLE has no IF NOT EXISTS race guard)
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            metadata.create_all(conn)
     return engine
+
+
+_SCHEMA_LOCK_KEY = 0x4C43_4757    # "LCGW": the advisory lock that serialises schema creation
 
 
 # ---------------------------------------------------------------- routing outbox (gateway/routing)
