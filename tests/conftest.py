@@ -112,7 +112,19 @@ def _store_backend(request, monkeypatch):
         return
     server = request.getfixturevalue("postgres_server")
     url = server.new_database(with_schema=True)
-    monkeypatch.setenv("GATEWAY_DATABASE_URL", url)
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", url)      # monkeypatch puts it back after the test
     yield
-    monkeypatch.delenv("GATEWAY_DATABASE_URL")
     server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def both_stores_app(request, tmp_path, monkeypatch):
+    """A gateway app on a SQLite file, then on a PostgreSQL database of its own, whatever
+    GATEWAY_TEST_STORE says: for the store tests that compare the two."""
+    monkeypatch.delenv("GATEWAY_DATABASE_URL", raising=False)
+    config = {"DATA_DIR": str(tmp_path), "TESTING": True}
+    if request.param == "postgresql":
+        config["DATABASE_URL"] = request.getfixturevalue("postgres_server").new_database(with_schema=True)
+    app = create_app(config)
+    yield app
+    app.extensions["gateway"].store.engine.dispose()

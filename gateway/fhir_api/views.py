@@ -49,7 +49,7 @@ def _write_error(exc: WriteError) -> Response:
 
 @fhir_blueprint.errorhandler(StoreError)
 def _store_error(exc: StoreError) -> Response:
-    return outcome_response(exc.status, exc.issue_code, str(exc))
+    return outcome_response(exc.status, exc.issue_code, str(exc), getattr(exc, "expression", None))
 
 
 @fhir_blueprint.get("/metadata")

@@ -127,7 +127,7 @@ class MessageLog:
         if bound and "bound_to" not in detail:
             detail = {**detail, "bound_to": bound}
         values = {"log_id": log_id, "status": status, "ack": ack, "detail": orjson.dumps(detail).decode(),
-                  **(identity or {})}
+                  **_fitted(identity or {})}
         if conn is not None:
             conn.execute(_UPDATE, values)
             return
@@ -152,6 +152,13 @@ class MessageLog:
             query = query.where(message_log.c.status == status)
         with self.engine.connect() as conn:
             return [_logged(row) for row in conn.execute(query).all()]
+
+
+def _fitted(identity: dict[str, str | None]) -> dict[str, str | None]:
+    """Identity values cut to their columns' lengths: PostgreSQL refuses a longer value where SQLite
+    keeps it, and a message with an overlong MSH field is refused anyway (``Hl7Pipeline``)."""
+    return {key: value[:message_log.c[key].type.length] if isinstance(value, str) else value
+            for key, value in identity.items()}
 
 
 def _logged(row) -> LoggedMessage:

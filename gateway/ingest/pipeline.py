@@ -144,6 +144,10 @@ class Hl7Pipeline:
             return self._finish(log_id, exc.partial_msh, AckCode.AR, exc.errors, [], "rejected")
         warnings = list(message.warnings) + message.ack_condition_problems
 
+        overlong = _overlong_identity(message)
+        if overlong is not None:
+            return self._finish(log_id, message, AckCode.AR, [overlong], [], "rejected")
+
         bound = bound_organization()        # a hospital sends only as itself (gateway/security)
         if bound is not None and message.sending_facility != bound:
             error = Hl7Error(text=f"MSH-4 sending facility '{message.sending_facility}' is not this client's "
@@ -391,6 +395,23 @@ class _ResentMeanwhile(Exception):
     def __init__(self, earlier: LoggedMessage):
         super().__init__(f"log id {earlier.id} was stored first")
         self.earlier = earlier
+
+
+# MSH fields the message log and resend check key on, and the most characters kept of each (HL7 v2.7
+# allows 199 for MSH-10 and 227 for an HD; the log's columns hold 255)
+IDENTITY_FIELDS = ((3, "sending_application", "sending application"), (4, "sending_facility", "sending facility"),
+                   (10, "control_id", "message control id"))
+IDENTITY_MAX_CHARS = 255
+
+
+def _overlong_identity(message: Hl7Message) -> Hl7Error | None:
+    for field_number, attribute, label in IDENTITY_FIELDS:
+        value = getattr(message, attribute) or ""
+        if len(value) > IDENTITY_MAX_CHARS:
+            return Hl7Error(text=f"MSH-{field_number} {label} has {len(value)} characters; this gateway takes at most "
+                            f"{IDENTITY_MAX_CHARS}; nothing was stored", segment="MSH", sequence=1,
+                            field=field_number, code="102")
+    return None
 
 
 def _identity(message: Hl7Message) -> dict[str, str | None]:

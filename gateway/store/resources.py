@@ -24,13 +24,24 @@ from sqlalchemy.exc import DBAPIError
 from gateway.store import access, schema
 from gateway.store.search import (CursorCodec, IncludeSpec, SearchCriterion, SearchPage, SortKey,
                                   run_search)
-from gateway.store.search_parameters import SearchParameterRegistry, index_rows
+from gateway.store.search_parameters import IndexValueTooLong, SearchParameterRegistry, index_rows
 
 
 class StoreError(Exception):
     """A request the store cannot satisfy; ``status`` is the HTTP status a FHIR API should answer."""
     status = 400
     issue_code = "processing"
+
+
+class ValueTooLong(StoreError):
+    """A searchable value longer than the store keeps (``search_parameters.INDEX_VALUE_MAX_CHARS``),
+    refused alike on SQLite and PostgreSQL; ``expression`` names the element."""
+    status = 400
+    issue_code = "too-long"
+
+    def __init__(self, message: str, expression: str):
+        super().__init__(message)
+        self.expression = expression
 
 
 class WriteConflict(StoreError):
@@ -221,6 +232,10 @@ class StoreTransaction:
         meta["versionId"] = str(version)
         meta["lastUpdated"] = stamp
         resource["meta"] = meta
+        try:        # before anything is written: a refused value leaves the transaction as it was
+            index = index_rows(self.store.params, resource, self.store.zone)
+        except IndexValueTooLong as exc:
+            raise ValueTooLong(str(exc), exc.expression) from None
         content = _dump(resource)
         values = dict(version_id=version, last_updated=stamp, deleted=False, content=content)
         key = dict(res_type=resource["resourceType"], res_id=resource["id"])
@@ -235,18 +250,15 @@ class StoreTransaction:
             **key, **values | {"content": schema.CURRENT_CONTENT}, method=method))
         if not insert_current:          # a resource written for the first time has no index rows yet
             self._unindex(key["res_type"], key["res_id"])
-        self._index(resource)
+        for search_type, table_rows in index.items():
+            if table_rows:
+                self.conn.execute(_INDEX_INSERTS[search_type], table_rows)
         return resource
 
     def _unindex(self, resource_type: str, resource_id: str) -> None:
         for statement in _UNINDEX_STATEMENTS:
             self.conn.execute(statement, {"res_type_": resource_type, "res_id_": resource_id})
 
-    def _index(self, resource: dict) -> None:
-        rows = index_rows(self.store.params, resource, self.store.zone)
-        for search_type, table_rows in rows.items():
-            if table_rows:
-                self.conn.execute(_INDEX_INSERTS[search_type], table_rows)
 
 
 # built once: constructing the statement per write cost more than running it

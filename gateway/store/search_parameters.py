@@ -281,17 +281,43 @@ def date_values(value: Any, zone) -> Iterator[tuple[str, str]]:
 
 # ------------------------------------------------------------------ index rows of a resource
 
+# the most characters of a searchable code, system or reference the store keeps (its columns hold
+# 255, which PostgreSQL enforces and SQLite does not): longer is refused on both, never cut
+INDEX_VALUE_MAX_CHARS = 255
+
+
+class IndexValueTooLong(ValueError):
+    """A searchable value longer than the store keeps; ``expression`` names the element."""
+
+    def __init__(self, expression: str, length: int):
+        super().__init__(f"{expression}: {length} characters; this gateway stores searchable codes, systems, "
+                         f"identifiers and references of at most {INDEX_VALUE_MAX_CHARS}")
+        self.expression = expression
+
+
 def index_rows(registry: SearchParameterRegistry, resource: dict, zone) -> dict[str, list[dict]]:
     """Rows for every index table (keyed ``token``, ``string``, ``date``, ``reference``, ``quantity``)
-    from the declared parameters of the resource's type."""
+    from the declared parameters of the resource's type. Raises IndexValueTooLong."""
     rows: dict[str, list[dict]] = {"token": [], "string": [], "date": [], "reference": [], "quantity": []}
     key = {"res_type": resource["resourceType"], "res_id": resource["id"]}
     for param in registry.for_type(resource["resourceType"]).values():
         row = {**key, "param": param.name}
         for path in param.paths:
+            before = len(rows["token"]), len(rows["reference"])
             for value in walk(resource, path):
                 _add_rows(rows, param, row, value, zone)
+            _check_lengths(rows, before, f"{resource['resourceType']}.{'.'.join(path)}")
     return rows
+
+
+def _check_lengths(rows: dict[str, list[dict]], before: tuple[int, int], expression: str) -> None:
+    for row in rows["token"][before[0]:]:
+        for value in (row["system"], row["code"]):
+            if value is not None and len(value) > INDEX_VALUE_MAX_CHARS:
+                raise IndexValueTooLong(expression, len(value))
+    for row in rows["reference"][before[1]:]:
+        if len(row["target"]) > INDEX_VALUE_MAX_CHARS:
+            raise IndexValueTooLong(expression, len(row["target"]))
 
 
 def _add_rows(rows: dict[str, list[dict]], param: SearchParameter, row: dict, value: Any, zone) -> None:

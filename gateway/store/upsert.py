@@ -29,7 +29,7 @@ import orjson
 from sqlalchemy import select
 
 from gateway.store import access, schema
-from gateway.store.resources import AccessDenied, OwnershipConflict, StoreTransaction
+from gateway.store.resources import AccessDenied, OwnershipConflict, StoreTransaction, ValueTooLong
 
 
 class MappedLike(Protocol):
@@ -85,7 +85,11 @@ def apply_mapped(tx: StoreTransaction, mapped_resources: list[MappedLike], sourc
         resource = _copy(mapped.resource)
         _replace_references(resource, real_refs, tx)
         resource.setdefault("meta", {})["source"] = source
-        stored, action = _apply_one(tx, mapped, resource, result, check)
+        try:
+            stored, action = _apply_one(tx, mapped, resource, result, check)
+        except ValueTooLong as exc:      # HL7 ERR-3 102 "data type error" at the field it came from
+            result.problems.append(UpsertProblem(mapped, str(exc), "102", exc.expression.split(".", 1)[-1]))
+            continue
         if stored is not None:
             real_refs[mapped.temp_id] = f"{stored['resourceType']}/{stored['id']}"
             result.written.append((mapped, stored, action))

@@ -28,13 +28,12 @@ from gateway.mapping.engine import MappingSet
 from stored import stored_resources
 
 MAPPINGS = MappingSet.load(REPO_ROOT / "mappings")
-SHARED = REPO_ROOT.parent.parent / "shared"          # ../shared beside the worktrees, when it is there
+SHARED = REPO_ROOT.parent / "shared"                 # ../shared beside the checkout (CI lays it there too)
 _SEGMENT_END = re.compile(rb"\r\n|\r|\n")
 
 
 def _hl7_inputs() -> list[Path]:
-    roots = [DATA / "samples", DATA / "external", DATA / "groups", SHARED / "samples", SHARED / "external",
-             Path("/work/shared/samples"), Path("/work/shared/external")]
+    roots = [DATA / "samples", DATA / "external", DATA / "groups", SHARED / "samples", SHARED / "external"]
     seen, found = set(), []
     for root in roots:
         for path in sorted(root.rglob("*.hl7")) if root.is_dir() else []:

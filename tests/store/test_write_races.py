@@ -20,22 +20,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from conftest import sample
-from gateway import create_app
 from gateway.store import schema
 from tests.security.credentials import authenticated
 
 ROUNDS = 8
 FHIR_JSON = "application/fhir+json"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def race_app(request, tmp_path):
-    config = {"DATA_DIR": str(tmp_path), "TESTING": True}
-    if request.param == "postgresql":
-        config["DATABASE_URL"] = request.getfixturevalue("postgres_server").new_database()
-    app = create_app(config)
-    yield app
-    app.extensions["gateway"].store.engine.dispose()
 
 
 def together(*calls):
@@ -93,8 +82,8 @@ def _patient(mrn: str) -> dict:
         "name": [{"family": "王", "given": ["小明"]}], "gender": "male", "birthDate": "1990-01-01"}
 
 
-def test_conditional_create_twice_makes_one_patient(race_app):
-    admin = authenticated(race_app, "admin")
+def test_conditional_create_twice_makes_one_patient(both_stores_app):
+    admin = authenticated(both_stores_app, "admin")
     for n in range(ROUNDS):
         mrn = f"RACE-CC-{n}"
 
@@ -104,11 +93,11 @@ def test_conditional_create_twice_makes_one_patient(race_app):
         answers = together(create, create)
         assert sorted(a.status_code for a in answers) == [200, 201], [a.get_json() for a in answers]
         assert answers[0].get_json()["id"] == answers[1].get_json()["id"]
-    assert _count(race_app, "Patient") == ROUNDS
+    assert _count(both_stores_app, "Patient") == ROUNDS
 
 
-def test_two_puts_of_one_resource_give_consecutive_versions_never_500(race_app):
-    admin = authenticated(race_app, "admin")
+def test_two_puts_of_one_resource_give_consecutive_versions_never_500(both_stores_app):
+    admin = authenticated(both_stores_app, "admin")
     for n in range(ROUNDS):
         res_id = f"race-put-{n}"
 
@@ -117,11 +106,11 @@ def test_two_puts_of_one_resource_give_consecutive_versions_never_500(race_app):
             return lambda: admin.put(f"/fhir/Patient/{res_id}", json=body, content_type=FHIR_JSON)
         answers = together(put("甲"), put("乙"))
         assert sorted(a.status_code for a in answers) == [200, 201], [a.get_json() for a in answers]
-        assert _versions(race_app, "Patient", res_id) == [1, 2]
+        assert _versions(both_stores_app, "Patient", res_id) == [1, 2]
 
 
-def test_if_match_twice_is_200_and_412(race_app):
-    admin = authenticated(race_app, "admin")
+def test_if_match_twice_is_200_and_412(both_stores_app):
+    admin = authenticated(both_stores_app, "admin")
     for n in range(ROUNDS):
         created = admin.post("/fhir/Patient", json=_patient(f"RACE-IM-{n}"), content_type=FHIR_JSON).get_json()
 
@@ -131,31 +120,31 @@ def test_if_match_twice_is_200_and_412(race_app):
                                      headers={"If-Match": 'W/"1"'})
         answers = together(update("甲"), update("乙"))
         assert sorted(a.status_code for a in answers) == [200, 412], [a.get_json() for a in answers]
-        assert _versions(race_app, "Patient", created["id"]) == [1, 2]
+        assert _versions(both_stores_app, "Patient", created["id"]) == [1, 2]
 
 
-def test_the_same_message_twice_stores_one_order_and_one_patient(race_app):
-    hospital = authenticated(race_app, "hospital")
+def test_the_same_message_twice_stores_one_order_and_one_patient(both_stores_app):
+    hospital = authenticated(both_stores_app, "hospital")
     for n in range(ROUNDS):
         raw = _rde(f"RACE-DUP-{n}", f"RACE-DUP-MSG-{n}", f"RACE-DUP-MRN-{n}")
         answers = together(lambda: _post_hl7(hospital, raw), lambda: _post_hl7(hospital, raw))
         assert [_msa(a) for a in answers] == ["AA", "AA"], [a.data for a in answers]
         assert answers[0].data.split(b"\r")[1:] == answers[1].data.split(b"\r")[1:]   # the same ACK
-    assert _count(race_app, "MedicationRequest") == ROUNDS
-    assert _count(race_app, "Patient") == ROUNDS
+    assert _count(both_stores_app, "MedicationRequest") == ROUNDS
+    assert _count(both_stores_app, "Patient") == ROUNDS
 
 
-def test_a_new_hospital_s_first_two_messages_make_one_organization(race_app):
+def test_a_new_hospital_s_first_two_messages_make_one_organization(both_stores_app):
     for n in range(ROUNDS):
         facility = f"RACE_HOSP_{n}"
-        hospital = authenticated(race_app, "hospital", facility)
+        hospital = authenticated(both_stores_app, "hospital", facility)
         first = _rde(f"RACE-ORG-{n}-A", f"RACE-ORG-MSG-{n}-A", f"RACE-ORG-MRN-{n}-A", facility)
         second = _rde(f"RACE-ORG-{n}-B", f"RACE-ORG-MSG-{n}-B", f"RACE-ORG-MRN-{n}-B", facility)
         answers = together(lambda: _post_hl7(hospital, first), lambda: _post_hl7(hospital, second))
         assert [_msa(a) for a in answers] == ["AA", "AA"], [a.data for a in answers]
     # each new hospital: one Organization (the sending facility); plus the prescriber's department, if any
-    assert _count(race_app, "Organization") == ROUNDS * _organizations_per_message(race_app)
-    assert _count(race_app, "MedicationRequest") == 2 * ROUNDS
+    assert _count(both_stores_app, "Organization") == ROUNDS * _organizations_per_message(both_stores_app)
+    assert _count(both_stores_app, "MedicationRequest") == 2 * ROUNDS
 
 
 def _organizations_per_message(app) -> int:
@@ -169,20 +158,20 @@ def _organizations_per_message(app) -> int:
     return per_owner.pop()
 
 
-def test_the_same_placer_number_in_two_messages_is_one_order(race_app):
-    hospital = authenticated(race_app, "hospital")
+def test_the_same_placer_number_in_two_messages_is_one_order(both_stores_app):
+    hospital = authenticated(both_stores_app, "hospital")
     for n in range(ROUNDS):
         mrn = f"RACE-PLC-MRN-{n}"
         first = _rde(f"RACE-PLC-{n}", f"RACE-PLC-MSG-{n}-A", mrn)
         second = _rde(f"RACE-PLC-{n}", f"RACE-PLC-MSG-{n}-B", mrn).replace(b"300|", b"600|", 1)
         answers = together(lambda: _post_hl7(hospital, first), lambda: _post_hl7(hospital, second))
         assert [_msa(a) for a in answers] == ["AA", "AA"], [a.data for a in answers]
-    assert _count(race_app, "MedicationRequest") == ROUNDS
-    assert _count(race_app, "Patient") == ROUNDS
+    assert _count(both_stores_app, "MedicationRequest") == ROUNDS
+    assert _count(both_stores_app, "Patient") == ROUNDS
 
 
-def test_two_hl7_updates_of_one_order_are_both_stored_never_ar(race_app):
-    hospital = authenticated(race_app, "hospital")
+def test_two_hl7_updates_of_one_order_are_both_stored_never_ar(both_stores_app):
+    hospital = authenticated(both_stores_app, "hospital")
     for n in range(ROUNDS):
         mrn = f"RACE-UPD-MRN-{n}"
         assert _msa(_post_hl7(hospital, _rde(f"RACE-UPD-{n}", f"RACE-UPD-MSG-{n}-0", mrn))) == "AA"
@@ -192,16 +181,16 @@ def test_two_hl7_updates_of_one_order_are_both_stored_never_ar(race_app):
         assert [_msa(a) for a in answers] == ["AA", "AA"], [a.data for a in answers]
         order_id = hospital.get(f"/fhir/MedicationRequest?identifier=RACE-UPD-{n}").get_json()["entry"][0][
             "resource"]["id"]
-        assert _versions(race_app, "MedicationRequest", order_id) == [1, 2, 3]
+        assert _versions(both_stores_app, "MedicationRequest", order_id) == [1, 2, 3]
         assert _post_hl7(hospital, first).data.split(b"\r")[1:] == answers[0].data.split(b"\r")[1:]  # resend: same ACK
 
 
-def test_a_conflict_that_outlasts_the_retries_is_ar_207_and_a_resend_is_processed_not_answered_again(race_app,
+def test_a_conflict_that_outlasts_the_retries_is_ar_207_and_a_resend_is_processed_not_answered_again(both_stores_app,
                                                                                                    monkeypatch):
     """Writers that keep colliding get AR 207 (send again); the resend is stored, never answered with the
     remembered AR, and a FHIR write that keeps colliding is 409 with an OperationOutcome."""
     from gateway.store import resources
-    store = race_app.extensions["gateway"].store
+    store = both_stores_app.extensions["gateway"].store
     real_write, collisions = store.write, []
 
     class SerializationFailure(Exception):        # what psycopg raises: SQLSTATE 40001
@@ -213,17 +202,17 @@ def test_a_conflict_that_outlasts_the_retries_is_ar_207_and_a_resend_is_processe
         raise OperationalError("COMMIT", {}, SerializationFailure())
         yield  # noqa: unreachable: a generator, for contextmanager
 
-    hospital = authenticated(race_app, "hospital")
+    hospital = authenticated(both_stores_app, "hospital")
     raw = _rde("RACE-TRANSIENT", "RACE-TRANSIENT-MSG", "RACE-TRANSIENT-MRN")
     monkeypatch.setattr(store, "write", colliding)
     monkeypatch.setattr(resources.time, "sleep", lambda _s: None)
     refused = _post_hl7(hospital, raw)
     assert _msa(refused) == "AR" and b"|207^" in refused.data
     assert len(collisions) == resources.WRITE_ATTEMPTS
-    admin = authenticated(race_app, "admin")
+    admin = authenticated(both_stores_app, "admin")
     answer = admin.post("/fhir/Patient", json=_patient("RACE-TRANSIENT-FHIR"), content_type=FHIR_JSON)
     assert answer.status_code == 409 and answer.get_json()["resourceType"] == "OperationOutcome"
     monkeypatch.setattr(store, "write", real_write)
     again = _post_hl7(hospital, raw)
     assert _msa(again) == "AA", again.data
-    assert _count(race_app, "MedicationRequest") == 1
+    assert _count(both_stores_app, "MedicationRequest") == 1
