@@ -33,7 +33,7 @@ def _refuse_public_bind(host: str, config: dict | None = None) -> bool:
     return True
 
 
-def _unconfigured_routes(overrides: dict) -> None:
+def _unconfigured_routes(overrides: dict, quiet: bool = False) -> None:
     """A process started with no routes configured routes nothing, and says so once. The repository's
     routes.yaml is a sample (``fhir-gateway demo`` and the tests use it): its destinations on
     127.0.0.1:9101-9103 exist only while ``demo`` runs, so serving it by default queued deliveries that
@@ -45,8 +45,9 @@ def _unconfigured_routes(overrides: dict) -> None:
             configured = any(key.upper() == "ROUTES_FILE" for key in tomllib.load(fh))
     if not configured:
         overrides["ROUTES_FILE"] = ""
-        print("routing: no routes configured (GATEWAY_ROUTES_FILE), so stored resources are delivered nowhere; "
-              "routes.yaml in the repository is a sample to start from (README \"Routing\")", flush=True)
+        if not quiet:
+            print("routing: no routes configured (GATEWAY_ROUTES_FILE), so stored resources are delivered nowhere; "
+                  "routes.yaml in the repository is a sample to start from (README \"Routing\")", flush=True)
 
 
 def _cannot_listen(what: str, host: str, port: int, exc: OSError) -> int:
@@ -61,29 +62,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway import create_app
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port), ("DATA_DIR", args.data_dir)) if v}
-    _unconfigured_routes(overrides)
+    _unconfigured_routes(overrides, quiet=args.listen_fd is not None)    # said once, by the first process
     app = create_app(overrides)
     host, port = app.config["HOST"], int(app.config["PORT"])
     if _refuse_public_bind(host, app.config):
         return 2
-    # bind both ports before anything is announced or changed: a second `serve` on a busy port stops
-    # here, leaving the running gateway's demo secret and files alone
-    try:
-        # waitress refuses bodies over the limit itself, before buffering them (Flask would only after)
-        server = make_server(app, host=host, port=port, threads=int(args.threads), ident="lecheng-gateway",
-                             max_request_body_size=int(app.config["MAX_MESSAGE_BYTES"]))
-    except OSError as exc:
-        return _cannot_listen("HTTP", host, port, exc)
-    listener = None
+    # waitress refuses bodies over the limit itself, before buffering them (Flask would only after)
+    settings = dict(threads=int(args.threads), ident="lecheng-gateway",
+                    max_request_body_size=int(app.config["MAX_MESSAGE_BYTES"]))
     mllp_port = int(args.mllp_port if args.mllp_port is not None else app.config["MLLP_PORT"] or 0)
-    if mllp_port:
+    processes = int(args.processes or 1)
+    if args.listen_fd is not None:      # one of `serve --processes N`'s processes: the socket is bound
+        server = make_server(app, sockets=[socket.socket(fileno=int(args.listen_fd))], **settings)
+        print(f"gateway process {args.process_index} (pid {os.getpid()}) serving", flush=True)
+    else:
+        # bind both ports before anything is announced or changed: a second `serve` on a busy port
+        # stops here, leaving the running gateway's demo secret and files alone
+        from gateway.processes import listening_socket
         try:
-            socket.create_server((host, mllp_port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+            sock = listening_socket(host, port)
         except OSError as exc:
-            server.close()
-            return _cannot_listen("MLLP", host, mllp_port, exc)
-    from gateway.security.cli import announce_demo_client
-    announce_demo_client(app)           # before MLLP admits connections: the demo client is bound to loopback
+            return _cannot_listen("HTTP", host, port, exc)
+        port = sock.getsockname()[1]        # the one chosen, when asked for port 0
+        if mllp_port:
+            try:
+                socket.create_server((host, mllp_port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+            except OSError as exc:
+                sock.close()
+                return _cannot_listen("MLLP", host, mllp_port, exc)
+        from gateway.security.cli import announce_demo_client
+        announce_demo_client(app)       # before MLLP admits connections: the demo client is bound to loopback
+        if processes > 1:
+            from gateway.processes import serve_in_processes
+            app.extensions["gateway"].store.engine.dispose()     # the processes open their own
+            return serve_in_processes(sock, processes, app.config["DATA_DIR"], int(args.threads), mllp_port,
+                                      workers=not args.no_workers)
+        server = make_server(app, sockets=[sock], **settings)
+    listener = None
     if mllp_port:
         from gateway.ingest.mllp_handler import mllp_server
         from gateway.security.mllp_binding import MllpBinding, tls_context
@@ -91,8 +106,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                MllpBinding(app.extensions["security"]), tls_context(app.config))
         listener.start()
         print(f"MLLP listener on {host}:{listener.address[1]}", flush=True)
-    print(f"Lecheng FHIR gateway on http://{host}:{port}  (FHIR base /fhir, HL7 v2 POST /hl7v2, "
-          f"database {app.config['DATABASE_URL']})", flush=True)
+    if args.listen_fd is None:
+        print(f"Lecheng FHIR gateway on http://{host}:{port}  (FHIR base /fhir, HL7 v2 POST /hl7v2, "
+              f"database {app.config['DATABASE_URL']})", flush=True)
     from gateway.ingest.replay import RecoverySweep     # messages a crash left "received" (docstring there)
     recovery = RecoverySweep(app.extensions["gateway"], float(app.config["RECOVER_AFTER_SECONDS"])).start()
     workers = None
@@ -239,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "default: no MLLP listener)")
     serve.add_argument("--no-workers", action="store_true",
                        help="do not deliver routed resources from this process (run `fhir-gateway worker` instead)")
+    serve.add_argument("--processes", type=int, default=1,
+                       help="gateway processes sharing the HTTP port (default 1; one process uses at most one "
+                            "core); the first also runs MLLP, recovery and delivery (gateway/processes.py)")
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)        # set by --processes for its own
+    serve.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     mllp = sub.add_parser("mllp", help="run the MLLP listener (HL7 v2 over TCP)")

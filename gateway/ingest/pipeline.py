@@ -201,6 +201,7 @@ class Hl7Pipeline:
             and the one that commits second must answer the first one's ACK, not store it again."""
             answered.clear()
             if resend_check:
+                tx.claim([f"message|{message.sending_facility}|{message.control_id}"])
                 again = self.log.earlier_arrivals(log_id, message.sending_facility, message.control_id, tx.conn)
                 if again.same_content is not None and again.same_content.ack is not None:
                     raise _ResentMeanwhile(again.same_content)

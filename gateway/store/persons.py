@@ -66,6 +66,7 @@ def link_patient(tx: "StoreTransaction", patient: dict) -> dict | None:
 
 
 def _persons_with(tx: "StoreTransaction", tokens: list[tuple[str, str]]) -> list[dict]:
+    tx.claim_identifiers("Person", tokens)        # two hospitals' first Patients of one person: one Person
     t, r = schema.idx_token, schema.resources
     ids = select(t.c.res_id).where(t.c.res_type == "Person", t.c.param == "identifier",
                                    schema.token_match(tokens))

@@ -12,12 +12,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from hashlib import blake2b
 from random import getrandbits, uniform
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, true, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, true, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -129,6 +130,24 @@ class StoreTransaction:
     def __init__(self, store: "ResourceStore", conn: Connection):
         self.store = store
         self.conn = conn
+        self._claimed: set[int] = set()
+
+    def claim(self, keys: Iterable[str]) -> None:
+        """Hold these identities (``Type|system|value``, a conditional write's criteria, a message's
+        sender and control id) until this transaction ends, so a concurrent writer deciding on the
+        same identity waits for it and then sees what it committed: one business identifier, one
+        conditional-create match, one message, one record. On PostgreSQL, transaction-scoped advisory
+        locks taken in one sorted order (HAPI FHIR claims a match URL under a unique index to the
+        same end); on SQLite the one write lock taken at BEGIN already holds everything."""
+        if self.conn.dialect.name != "postgresql":
+            return
+        new = sorted({_lock_key(key) for key in keys} - self._claimed)
+        if new:
+            self.conn.execute(_ADVISORY_LOCKS, {"keys": new})
+            self._claimed.update(new)
+
+    def claim_identifiers(self, resource_type: str, tokens: Iterable[tuple[str | None, str]]) -> None:
+        self.claim(f"{resource_type}|{system or ''}|{value}" for system, value in tokens)
 
     def read(self, resource_type: str, resource_id: str) -> dict | None:
         row = self.conn.execute(select(schema.resources.c.content, schema.resources.c.deleted).where(
@@ -144,6 +163,7 @@ class StoreTransaction:
         may match (its organization's: gateway/store/access.py)."""
         if not tokens:
             return []
+        self.claim_identifiers(resource_type, tokens)
         t = schema.idx_token
         matches = schema.token_match(tokens)
         ids = select(t.c.res_id).where(t.c.res_type == resource_type, t.c.param == param, matches).distinct()
@@ -186,6 +206,7 @@ class StoreTransaction:
 
     def claimed_elsewhere(self, resource_type: str, tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Which of the identifiers another organization's record of this type carries (access.py)."""
+        self.claim_identifiers(resource_type, tokens)
         return access.claimed_elsewhere(self.conn, resource_type, tokens, access.current_sender())
 
     def current_version(self, resource_type: str, resource_id: str) -> tuple[int, bool] | None:
@@ -197,6 +218,7 @@ class StoreTransaction:
     def find(self, resource_type: str, criteria: list["SearchCriterion"], limit: int = 2) -> list[dict]:
         """Current resources matching search criteria, seen from inside this transaction (conditional writes)."""
         from gateway.store.search import build_conditions
+        self.claim([f"{resource_type}?" + "&".join(sorted(repr(c) for c in criteria))])
         r = schema.resources
         conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False),
                       *build_conditions(self.store, resource_type, criteria)]
@@ -274,6 +296,15 @@ _UNINDEX_STATEMENTS = [delete(t).where(t.c.res_type == bindparam("res_type_"), t
                        for t in schema.INDEX_TABLES.values()]
 
 
+# one statement for all of a claim's locks, taken in the order given (sorted, so claims never deadlock)
+_ADVISORY_LOCKS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
+
+
+def _lock_key(key: str) -> int:
+    """A signed 64-bit advisory lock key for an identity (two identities sharing one only wait longer)."""
+    return int.from_bytes(blake2b(key.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
+
+
 # PostgreSQL SQLSTATEs that mean "a concurrent writer got there first": serialization_failure,
 # deadlock_detected, unique_violation (an identity claimed by a transaction that committed meanwhile)
 _CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "23505"})
@@ -299,14 +330,13 @@ class ResourceStore:
     @contextmanager
     def write(self) -> Iterator[StoreTransaction]:
         """One write transaction. On SQLite writers take the one write lock at BEGIN (IMMEDIATE), so
-        what a transaction reads stays true until it commits. On PostgreSQL it runs SERIALIZABLE: a
-        concurrent writer that would invalidate what it read (an identifier looked up and found
-        absent, a version read as current) makes one of the two fail with a serialization error,
-        which :meth:`writing` answers by running the whole unit again."""
-        options = {"write": True}
-        if self.engine.dialect.name == "postgresql":
-            options["isolation_level"] = "SERIALIZABLE"
-        with self.engine.connect().execution_options(**options) as conn:
+        what a transaction reads stays true until it commits. On PostgreSQL (READ COMMITTED) writers
+        run side by side: an identity looked up and found absent is held with
+        :meth:`StoreTransaction.claim`, and a version read as current that another writer replaced
+        meanwhile fails on the versions table's primary key, which :meth:`writing` answers by
+        running the whole unit again. (SERIALIZABLE was tried first: its predicate locks on shared
+        index pages made unrelated messages abort each other until the retries ran out.)"""
+        with self.engine.connect().execution_options(write=True) as conn:
             with conn.begin():
                 yield StoreTransaction(self, conn)
 
@@ -436,6 +466,7 @@ class ResourceStore:
         export of any size holds one page in memory. ``criteria_sets`` are ORed (``_typeFilter``);
         ``patient_compartment`` keeps Patients and resources referencing a Patient."""
         from gateway.store.search import build_conditions
+        self.claim([f"{resource_type}?" + "&".join(sorted(repr(c) for c in criteria))])
         r = schema.resources
         base = [r.c.res_type == resource_type, r.c.deleted.is_(False)]
         if since is not None:
