@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "DELIVERY_THREADS": 4,
     "DELIVERY_POLL_MS": 500,
     "DELIVERY_LEASE_SECONDS": 0,  # how long a worker holds a delivery; 0 = 2 x the longest timeout + 30 s
-    "REDIS_STREAM": "lecheng:deliveries",
+    "REDIS_STREAM": "",           # empty = lecheng:<deployment>:deliveries, one per database (routing/__init__.py)
     # a message-log row still "received" this long after arriving was cut off by a crash: serve and
     # mllp process it again (gateway/ingest/replay.py), at start-up and every half of this
     "RECOVER_AFTER_SECONDS": 30,

@@ -17,7 +17,18 @@ from gateway.routing.router import Router, RoutingOutcome
 from gateway.routing.routes import Routes, RoutesError, load_routes
 
 __all__ = ["Router", "RoutingOutcome", "Routes", "RoutesError", "load_routes", "Outbox", "ReplayRefused",
-           "routed_resource_ids", "routed_resource_ids_query", "make_workers"]
+           "routed_resource_ids", "routed_resource_ids_query", "make_workers", "deployment_stream"]
+
+
+def deployment_stream(database_url: str) -> str:
+    """The Redis stream of one deployment: every process on the same database shares it, and another
+    deployment using the same Redis gets its own (one shared name let two gateways acknowledge each
+    other's deliveries). Machines that name one database differently set ``REDIS_STREAM`` instead."""
+    from hashlib import blake2b
+
+    from sqlalchemy.engine import make_url
+    identity = make_url(database_url).render_as_string(hide_password=True)   # a password change keeps it
+    return f"lecheng:{blake2b(identity.encode(), digest_size=6).hexdigest()}:deliveries"
 
 
 def make_workers(config: dict, engine: Any, routes: Routes, threads: int | None = None):
@@ -30,6 +41,7 @@ def make_workers(config: dict, engine: Any, routes: Routes, threads: int | None 
     poll = int(config["DELIVERY_POLL_MS"]) / 1000.0
     if config.get("REDIS_URL"):
         from gateway.routing.streams import StreamWorkers
-        return StreamWorkers(deliverer, config["REDIS_URL"], threads, poll, stream=config["REDIS_STREAM"])
+        return StreamWorkers(deliverer, config["REDIS_URL"], threads, poll,
+                             stream=config.get("REDIS_STREAM") or deployment_stream(config["DATABASE_URL"]))
     from gateway.routing.workers import InProcessWorkers
     return InProcessWorkers(deliverer, threads, poll)

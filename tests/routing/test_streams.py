@@ -175,3 +175,31 @@ def test_workers_started_while_redis_is_down_deliver_once_it_is_up(tmp_path, rec
             redis_server.terminate()
             redis_server.wait(10)
     assert receiver.stored_versions("MedicationRequest", res_id) == ["1", "2"]
+
+
+def test_two_deployments_on_one_redis_each_deliver_only_their_own(tmp_path, receivers, redis_url):
+    """Without REDIS_STREAM set, each database gets a stream of its own: two gateways sharing a Redis
+    never take (and acknowledge) each other's deliveries; processes on one database share one."""
+    from gateway.routing import deployment_stream, make_workers
+    receiver = receivers["province"]
+    routes = fast_routes(tmp_path, receiver.url())
+    gateways = [Gateway.from_config(load_config({"DATA_DIR": str(tmp_path / name), "ROUTES_FILE": str(routes),
+                                                 "REDIS_URL": redis_url, "DELIVERY_POLL_MS": 20,
+                                                 "DELIVERY_LEASE_SECONDS": 2})) for name in ("a", "b")]
+    workers = [make_workers(g.config, g.store.engine, g.routes, threads=2) for g in gateways]
+    assert workers[0].stream != workers[1].stream
+    assert workers[0].stream == deployment_stream(gateways[0].config["DATABASE_URL"])
+    assert deployment_stream("postgresql+psycopg://gw:one@db/lecheng") == \
+        deployment_stream("postgresql+psycopg://gw:two@db/lecheng")          # a password change keeps it
+    for w in workers:
+        w.start()
+    try:
+        for gateway in gateways:
+            fill_outbox(gateway, resources=10, versions=1)
+        for gateway in gateways:
+            wait_until(lambda: gateway.outbox.counts() == {"delivered": 10}, timeout=20, interval=0.05,
+                       describe=lambda: str(gateway.outbox.counts()))
+    finally:
+        for w in workers:
+            w.stop()
+    assert len(receiver.requests()) == 20
