@@ -2,14 +2,18 @@
 
 A job streams: the store yields one page of stored JSON at a time (``ResourceStore.iter_current``)
 and each resource is written as one line, so memory stays flat whatever the export's size. The
-table is the truth: after a restart, ``resume_unfinished`` starts the jobs that were accepted or
-running again from the beginning (their partial files are discarded), and finished jobs keep
-answering their status with the files still on disk.
+table is the truth, shared by every process of a deployment: a job is run by the process that
+owns it (``owner``), which renews its lease every few seconds while it lives. A job whose lease ran
+out (its process was killed, or the machine went away) is taken over by the next process that looks
+(``resume_unfinished``: at its first export request, then with every renewal) and started again from
+the beginning (partial files discarded); a job whose owner still works is never touched. Finished
+jobs keep answering their status with the files still on disk.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import threading
 import time
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Engine
 
 from gateway.store import ResourceStore, SearchCriterion, now_instant
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
 FINISHED = ("completed", "failed")
+UNFINISHED = ("accepted", "in-progress")
+LEASE_SECONDS = 30.0          # a job's owner renews it every third of this
 
 
 @dataclass
@@ -81,13 +87,17 @@ class ExportJob:
 class ExportJobs:
     """Starts, tracks, cancels and resumes export jobs; thread-safe."""
 
-    def __init__(self, store: ResourceStore, engine: Engine, export_dir: str | Path):
+    def __init__(self, store: ResourceStore, engine: Engine, export_dir: str | Path,
+                 lease_seconds: float = LEASE_SECONDS):
         self.store = store
         self.engine = engine
         self.export_dir = Path(export_dir)
+        self.lease_seconds = lease_seconds
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"      # this process's instance
         self._threads: dict[str, threading.Thread] = {}
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+        self._renewing: threading.Thread | None = None
 
     # ------------------------------------------------------------------ API
 
@@ -97,7 +107,8 @@ class ExportJobs:
             conn.execute(insert(schema.export_jobs).values(
                 id=job_id, status="accepted", kind=request.kind, request_url=request.request_url,
                 params=request.to_json(), transaction_time=now_instant(), created_at=time.time(),
-                progress="accepted", output=b"[]"))
+                progress="accepted", output=b"[]", owner=self.owner,
+                lease_until=time.time() + self.lease_seconds))
         self._start(job_id)
         return job_id
 
@@ -137,16 +148,49 @@ class ExportJobs:
         return self.export_dir / job_id
 
     def resume_unfinished(self) -> list[str]:
-        """Start again every job a previous process accepted but did not finish."""
+        """Take over and start again every unfinished job whose owner's lease ran out (a process
+        that died); returns their ids. Renewals begin here too, and look again each time."""
+        jobs = schema.export_jobs.c
+        now = time.time()
         with self.engine.connect() as conn:
-            ids = [r.id for r in conn.execute(select(schema.export_jobs.c.id).where(
-                schema.export_jobs.c.status.in_(("accepted", "in-progress"))))]
+            ids = [r.id for r in conn.execute(select(jobs.id).where(
+                jobs.status.in_(UNFINISHED), or_(jobs.lease_until.is_(None), jobs.lease_until < now)))]
+        taken = []
         for job_id in ids:
-            with self._lock:
-                running = job_id in self._threads and self._threads[job_id].is_alive()
-            if not running:
+            with self.engine.begin() as conn:       # one process wins each job: a conditional UPDATE
+                won = conn.execute(update(schema.export_jobs).where(
+                    jobs.id == job_id, jobs.status.in_(UNFINISHED),
+                    or_(jobs.lease_until.is_(None), jobs.lease_until < now)).values(
+                    owner=self.owner, lease_until=time.time() + self.lease_seconds)).rowcount
+            if won:
+                log.warning("export job %s: its process stopped renewing it; started again here", job_id)
+                taken.append(job_id)
                 self._start(job_id)
-        return ids
+        self._start_renewing()
+        return taken
+
+    def _start_renewing(self) -> None:
+        with self._lock:
+            if self._renewing is not None and self._renewing.is_alive():
+                return
+            self._renewing = threading.Thread(target=self._renew_loop, name="export-leases", daemon=True)
+            self._renewing.start()
+
+    def _renew_loop(self) -> None:
+        while True:
+            time.sleep(self.lease_seconds / 3)
+            try:
+                with self._lock:
+                    running = [job_id for job_id, thread in self._threads.items() if thread.is_alive()]
+                if running:
+                    with self.engine.begin() as conn:
+                        conn.execute(update(schema.export_jobs).where(
+                            schema.export_jobs.c.id.in_(running), schema.export_jobs.c.owner == self.owner,
+                            schema.export_jobs.c.status.in_(UNFINISHED)).values(
+                            lease_until=time.time() + self.lease_seconds))
+                self.resume_unfinished()
+            except Exception:  # the database away for a moment: the next round tries again
+                log.exception("export jobs: renewing leases failed")
 
     def wait(self, job_id: str, timeout: float = 60) -> None:
         """Block until the job's thread ends (for the CLI and tests)."""
@@ -158,6 +202,7 @@ class ExportJobs:
     # ------------------------------------------------------------------ the work
 
     def _start(self, job_id: str) -> None:
+        self._start_renewing()
         thread = threading.Thread(target=self._run, args=(job_id,), name=f"export-{job_id[:8]}", daemon=True)
         with self._lock:
             self._threads[job_id] = thread
@@ -167,7 +212,7 @@ class ExportJobs:
         try:
             with self.engine.connect() as conn:
                 row = conn.execute(select(schema.export_jobs).where(schema.export_jobs.c.id == job_id)).first()
-            if row is None or row.status not in ("accepted", "in-progress"):
+            if row is None or row.status not in UNFINISHED or row.owner != self.owner:
                 return
             request = ExportRequest.from_json(row.request_url, row.params)
             folder = self.job_dir(job_id)
@@ -215,8 +260,9 @@ class ExportJobs:
         return ExportOutput(resource_type, name, count)
 
     def _set(self, job_id: str, **values) -> bool:
-        """Update a running job; False when it was cancelled meanwhile (the thread then stops)."""
+        """Update a running job this process owns; False when it was cancelled or taken over
+        meanwhile (the thread then stops)."""
         with self.engine.begin() as conn:
             return bool(conn.execute(update(schema.export_jobs).where(
-                schema.export_jobs.c.id == job_id,
-                schema.export_jobs.c.status.in_(("accepted", "in-progress"))).values(**values)).rowcount)
+                schema.export_jobs.c.id == job_id, schema.export_jobs.c.owner == self.owner,
+                schema.export_jobs.c.status.in_(UNFINISHED)).values(**values)).rowcount)

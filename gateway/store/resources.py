@@ -466,7 +466,6 @@ class ResourceStore:
         export of any size holds one page in memory. ``criteria_sets`` are ORed (``_typeFilter``);
         ``patient_compartment`` keeps Patients and resources referencing a Patient."""
         from gateway.store.search import build_conditions
-        self.claim([f"{resource_type}?" + "&".join(sorted(repr(c) for c in criteria))])
         r = schema.resources
         base = [r.c.res_type == resource_type, r.c.deleted.is_(False)]
         if since is not None:

@@ -209,5 +209,9 @@ export_jobs = Table(
     Column("progress", String(255)),
     Column("output", LargeBinary),                         # JSON: [{type, file, count}]
     Column("error", Text),
+    # the process running it (gateway/export/jobs.py), which renews lease_until while it lives; a job
+    # whose lease ran out is taken over by another process, never while its owner is still working
+    Column("owner", String(64)),
+    Column("lease_until", Float),
     Index("ix_export_jobs_status", "status"),
 )

@@ -167,6 +167,46 @@ def test_a_restarted_gateway_resumes_unfinished_jobs(app, gateway, tmp_path):
     assert len((jobs.job_dir(job_id) / "Patient.ndjson").read_bytes().splitlines()) == 3
 
 
+def test_a_job_another_live_process_runs_is_left_to_it_and_taken_over_once_its_lease_runs_out(gateway, tmp_path):
+    """Two processes of one deployment: the first export request in the second used to restart every
+    unfinished job, including those the first was running (its files deleted under it: a 500)."""
+    from gateway.export import ExportJobs
+    seed_patients(gateway, 2)
+    job_id = "00000000-0000-4000-8000-000000000003"
+    _insert_job(gateway, job_id, owner="pid-of-another-live-process", lease_until=time.time() + 3600)
+    other = ExportJobs(gateway.store, gateway.store.engine, tmp_path / "exports", lease_seconds=0.6)
+    assert other.resume_unfinished() == []
+    assert other.get(job_id).status == "accepted"
+    with gateway.store.engine.begin() as conn:       # that process died: it stops renewing
+        conn.execute(schema.export_jobs.update().where(schema.export_jobs.c.id == job_id).values(
+            lease_until=time.time() - 1))
+    assert other.resume_unfinished() == [job_id]
+    other.wait(job_id, 10)
+    assert other.get(job_id).status == "completed"
+    assert [(o.type, o.count) for o in other.get(job_id).output] == [("Patient", 2)]
+
+
+def test_a_long_job_keeps_renewing_its_lease_so_nobody_takes_it_over(gateway, tmp_path, monkeypatch):
+    from gateway.export import ExportJobs, jobs as jobs_module
+    seed_patients(gateway, 1)
+    owner = ExportJobs(gateway.store, gateway.store.engine, tmp_path / "exports", lease_seconds=0.6)
+    release = __import__("threading").Event()
+    real_export = ExportJobs._export_type
+
+    def slow_export(self, *args):
+        release.wait(10)                              # a job that takes several lease periods
+        return real_export(self, *args)
+    monkeypatch.setattr(ExportJobs, "_export_type", slow_export)
+    job_id = owner.kick_off(ExportRequest("system", "http://localhost/fhir/$export", ["Patient"]))
+    time.sleep(2.0)                                   # > 3 lease periods: renewed, never expired
+    other = ExportJobs(gateway.store, gateway.store.engine, tmp_path / "exports", lease_seconds=0.6)
+    assert other.resume_unfinished() == []
+    release.set()
+    owner.wait(job_id, 10)
+    assert owner.get(job_id).status == "completed"
+    assert jobs_module.UNFINISHED == ("accepted", "in-progress")
+
+
 def test_cancel_removes_the_job_and_its_files(client, gateway, tmp_path):
     seed_patients(gateway, 5)
     location = kick_off(client, "/fhir/$export")
@@ -202,10 +242,10 @@ def test_unknown_job_and_file_are_404_operation_outcomes(client):
     assert client.get("/fhir/bulkfiles/nope/Patient.ndjson").status_code == 404
 
 
-def _insert_job(gateway, job_id: str) -> None:
+def _insert_job(gateway, job_id: str, owner: str | None = None, lease_until: float | None = None) -> None:
     request = ExportRequest("system", "http://localhost/fhir/$export", ["Patient"])
     with gateway.store.engine.begin() as conn:
         conn.execute(insert(schema.export_jobs).values(
             id=job_id, status="accepted", kind="system", request_url=request.request_url,
             params=request.to_json(), transaction_time="2026-11-23T00:00:00.000Z", created_at=time.time(),
-            progress="accepted", output=b"[]"))
+            progress="accepted", output=b"[]", owner=owner, lease_until=lease_until))
