@@ -7,6 +7,7 @@ Run from the repository root::
     python bench/ingest.py                                 # HTTP and MLLP at 1, 8, 32; empty store
     python bench/ingest.py --stored 200000                 # also at 200,000 stored orders
     python bench/ingest.py --seconds 10 --concurrency 8 --transports http --rounds 3
+    python bench/ingest.py --database postgresql --processes 1,2 --concurrency 8   # a PostgreSQL it starts
 
 What is measured: ``fhir-gateway serve`` (waitress, 8 threads, SQLite in its data directory, MLLP
 listener on) started as a subprocess with validation, audit and routing (rules and outbox rows) on;
@@ -95,16 +96,19 @@ def _free_port() -> int:
 class Server:
     """``fhir-gateway serve`` (or the bare Flask ceiling) as a subprocess on free loopback ports."""
 
-    def __init__(self, data_dir: Path | None, threads: int = 8, bare: bool = False):
+    def __init__(self, data_dir: Path | None, threads: int = 8, bare: bool = False, processes: int = 1,
+                 database_url: str | None = None):
         self.port, self.mllp_port = _free_port(), _free_port()
         env = {**os.environ, "GATEWAY_RATE_LIMIT": "100000000 per minute", "GATEWAY_LOG_LEVEL": "WARNING",
                "GATEWAY_TOKEN_LIFETIME_SECONDS": "86400"}      # one token for the whole run
+        if database_url:
+            env["GATEWAY_DATABASE_URL"] = database_url
         if bare:
             cmd = [sys.executable, __file__, "--bare-server", str(self.port), "--threads", str(threads)]
         else:
             cmd = [str(Path(sys.executable).parent / "fhir-gateway"), "--data-dir", str(data_dir), "serve",
                    "--port", str(self.port), "--threads", str(threads), "--mllp-port", str(self.mllp_port),
-                   "--no-workers"]
+                   "--no-workers", "--processes", str(processes)]
         if not bare:        # a hospital client: HTTP with its token, MLLP from 127.0.0.2 (its registered address)
             added = subprocess.run([cmd[0], "--data-dir", str(data_dir), "clients", "add", "bench-hospital",
                                     "--organization", "BOAO_SUPER_HOSPITAL", "--role", "hospital",
@@ -125,6 +129,12 @@ class Server:
             self.output.append(line)
             if "on http://" in line or "bare server" in line:
                 break
+        if processes > 1:           # wait until every process says it serves
+            while sum("serving" in line for line in self.output) < processes and time.monotonic() < deadline:
+                line = self.process.stdout.readline()
+                if not line:
+                    raise SystemExit("server exited:\n" + "".join(self.output))
+                self.output.append(line)
         threading.Thread(target=self._drain, daemon=True).start()
         self.token = self._token() if not bare else "none"
 
@@ -149,9 +159,18 @@ class Server:
                 time.sleep(0.2)
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU of the server and of the processes it started (serve --processes)."""
+        pids = [self.process.pid] + [int(p) for p in subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.process.pid)], capture_output=True, text=True).stdout.split()]
+        total = 0.0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
@@ -392,7 +411,14 @@ def result_resources(gateway, log_id: int) -> list[str]:
     return gateway.message_log.get(log_id).detail.get("resources", [])
 
 
-def db_bytes(data_dir: Path) -> int:
+def db_bytes(data_dir: Path, database_url: str | None = None) -> int:
+    if database_url:
+        from sqlalchemy import create_engine, text
+        engine = create_engine(database_url)
+        with engine.connect() as conn:
+            size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+        engine.dispose()
+        return int(size)
     return sum(p.stat().st_size for p in data_dir.iterdir() if p.is_file() and ".db" in p.name)
 
 
@@ -415,8 +441,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--peer-messages", type=int, default=300)
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "lecheng-bench-ingest"))
+    parser.add_argument("--processes", default="1", help="gateway processes (serve --processes), e.g. 1,2")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="postgresql: a throwaway PostgreSQL 15 started for the run (tests/postgres.py)")
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.database == "postgresql" and args.stored:
+        raise SystemExit("--stored preloads SQLite files; use it with --database sqlite")
     if args.bare_server:
         bare_server(args.bare_server, args.threads)
         return
@@ -432,43 +463,60 @@ def main() -> None:
         print(f"bare Flask+waitress ceiling  c={c:<3} {r['rate']:7.0f} req/s  p50 {r['p50_ms']:.1f} ms  "
               f"p99 {r['p99_ms']:.1f} ms  load {r['load']:.1f}")
 
+    postgres = None
+    if args.database == "postgresql":
+        from tests.postgres import PostgresServer
+        postgres = PostgresServer()
     stores = [("empty", 0)] + ([(f"{args.stored:,} orders", args.stored)] if args.stored else [])
-    for label, stored in stores:
-        data_dir = Path(tempfile.mkdtemp(prefix="lecheng-bench-ingest-"))
-        if stored:
-            cached = Path(args.cache) / f"stored-{stored}"
-            if not (cached / "gateway.db").exists() and not any(cached.glob("*.db")):
-                shutil.rmtree(cached, ignore_errors=True)
-                cached.mkdir(parents=True)
-                print(f"preloading {stored} orders into {cached} ...", flush=True)
-                preload(cached, stored)
-            shutil.rmtree(data_dir)
-            shutil.copytree(cached, data_dir)
-        server = Server(data_dir, args.threads)
-        warm = load_run("http", server.port, server.token, "W", 0, 64, 8, server)
-        assert warm["ok"] == warm["messages"], "warm-up messages were not all AA"
-        checkpoint(data_dir)
-        size_before, sent = db_bytes(data_dir), 0
-        first = 1
-        for transport in transports:
-            for c in concurrencies:
-                port = server.port if transport == "http" else server.mllp_port
-                for round_ in range(args.rounds):
-                    r = load_run(transport, port, server.token, "G", first, args.messages, c, server)
-                    first += args.messages
-                    sent += r["messages"]
-                    peer = peer_rate(args.peer_messages)
-                    ratio = f"{r['rate'] / peer:.1f}x" if peer else "n/a"
-                    print(f"{label:>16} {transport:4} c={c:<3} round {round_ + 1}: {r['rate']:6.0f} msg/s "
-                          f"(AA {r['ok']}/{r['messages']})  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
-                          f"server CPU {r['cpu_ms_per_msg']:.2f} ms/msg  load {r['load']:.1f} | "
-                          f"peer {peer or float('nan'):.0f} msg/s, ratio {ratio}"
-                          + (f"  first failure: {r['failure']}" if r["failure"] else ""), flush=True)
-        server.stop()
-        checkpoint(data_dir)
-        grown = db_bytes(data_dir) - size_before
-        print(f"{label:>16} var/ grew {grown / max(1, sent) / 1024:.1f} kB per message ({sent} messages)")
-        shutil.rmtree(data_dir, ignore_errors=True)
+    configurations = [(label, stored, int(n)) for label, stored in stores for n in args.processes.split(",")]
+    try:
+        for label, stored, processes in configurations:
+            run_store(args, label, stored, processes, concurrencies, transports, postgres)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+
+
+def run_store(args, label: str, stored: int, processes: int, concurrencies: list[int], transports: list[str],
+              postgres) -> None:
+    """One store (empty or preloaded) served by ``processes`` processes: every transport and concurrency."""
+    label = f"{label} {args.database} x{processes}"
+    database_url = postgres.new_database() if postgres is not None else None
+    data_dir = Path(tempfile.mkdtemp(prefix="lecheng-bench-ingest-"))
+    if stored:
+        cached = Path(args.cache) / f"stored-{stored}"
+        if not (cached / "gateway.db").exists() and not any(cached.glob("*.db")):
+            shutil.rmtree(cached, ignore_errors=True)
+            cached.mkdir(parents=True)
+            print(f"preloading {stored} orders into {cached} ...", flush=True)
+            preload(cached, stored)
+        shutil.rmtree(data_dir)
+        shutil.copytree(cached, data_dir)
+    server = Server(data_dir, args.threads, processes=processes, database_url=database_url)
+    warm = load_run("http", server.port, server.token, "W", 0, 64, 8, server)
+    assert warm["ok"] == warm["messages"], "warm-up messages were not all AA"
+    checkpoint(data_dir)
+    size_before, sent = db_bytes(data_dir, database_url), 0
+    first = 1
+    for transport in transports:
+        for c in concurrencies:
+            port = server.port if transport == "http" else server.mllp_port
+            for round_ in range(args.rounds):
+                r = load_run(transport, port, server.token, "G", first, args.messages, c, server)
+                first += args.messages
+                sent += r["messages"]
+                peer = peer_rate(args.peer_messages)
+                ratio = f"{r['rate'] / peer:.1f}x" if peer else "n/a"
+                print(f"{label:>16} {transport:4} c={c:<3} round {round_ + 1}: {r['rate']:6.0f} msg/s "
+                      f"(AA {r['ok']}/{r['messages']})  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
+                      f"server CPU {r['cpu_ms_per_msg']:.2f} ms/msg  load {r['load']:.1f} | "
+                      f"peer {peer or float('nan'):.0f} msg/s, ratio {ratio}"
+                      + (f"  first failure: {r['failure']}" if r["failure"] else ""), flush=True)
+    server.stop()
+    checkpoint(data_dir)
+    grown = db_bytes(data_dir, database_url) - size_before
+    print(f"{label:>16} var/ grew {grown / max(1, sent) / 1024:.1f} kB per message ({sent} messages)")
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

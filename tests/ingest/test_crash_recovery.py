@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 
 import orjson
+from sqlalchemy import create_engine, text
 
 from gateway.config import REPO_ROOT
 from gateway.ingest.mllp import MllpDecoder, frame
@@ -63,22 +63,30 @@ def _sender(mllp_port: int, numbers: range, stop: threading.Event) -> None:
         return
 
 
+def _query(db, statement: str) -> list[tuple]:
+    """Rows from the store the server writes to: its SQLite file, or the PostgreSQL database of
+    GATEWAY_DATABASE_URL (GATEWAY_TEST_STORE=postgresql)."""
+    url = os.environ.get("GATEWAY_DATABASE_URL") or f"sqlite:///{db}"
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(statement))]
+    finally:
+        engine.dispose()
+
+
 def _rows(db) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT id, control_id, status, detail FROM message_log ORDER BY id").fetchall()
+    return _query(db, "SELECT id, control_id, status, detail FROM message_log ORDER BY id")
 
 
 def _stored_sources(db) -> set[str]:
     """The messages whose resources are in the store: each wrote one Provenance naming its source."""
-    with sqlite3.connect(db) as conn:
-        contents = conn.execute("SELECT content FROM resources WHERE res_type = 'Provenance'").fetchall()
-    return {orjson.loads(row[0])["meta"]["source"] for row in contents}
+    contents = _query(db, "SELECT content FROM resources WHERE res_type = 'Provenance'")
+    return {orjson.loads(bytes(row[0]))["meta"]["source"] for row in contents}
 
 
 def _versions(db) -> set[str]:
-    with sqlite3.connect(db) as conn:
-        return {f"{t}/{i}/_history/{v}" for t, i, v in
-                conn.execute("SELECT res_type, res_id, version_id FROM resource_versions")}
+    return {f"{t}/{i}/_history/{v}" for t, i, v in _query(db, "SELECT res_type, res_id, version_id FROM resource_versions")}
 
 
 def test_sigkill_during_load_leaves_no_row_that_disagrees_with_the_store(tmp_path):

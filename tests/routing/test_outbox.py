@@ -1,6 +1,7 @@
 """The outbox table: same-transaction writes, per-resource order, leases, replay, what an organization was sent."""
 from __future__ import annotations
 
+import os
 import time
 from types import SimpleNamespace
 
@@ -31,7 +32,7 @@ rules:
 def gateway(tmp_path):
     """Just the parts routing writes with: the store, the router, the outbox (no mappings or profiles)."""
     (tmp_path / "routes.yaml").write_text(ROUTES)
-    engine = make_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+    engine = make_engine(os.environ.get("GATEWAY_DATABASE_URL") or f"sqlite:///{tmp_path / 'gateway.db'}")
     return SimpleNamespace(store=ResourceStore(engine, SearchParameterRegistry.load()),
                            router=Router(parse_routes(ROUTES)), outbox=Outbox(engine))
 
