@@ -149,7 +149,12 @@ class ExportJobs:
 
     def resume_unfinished(self) -> list[str]:
         """Take over and start again every unfinished job whose owner's lease ran out (a process
-        that died); returns their ids. Renewals begin here too, and look again each time."""
+        that died); returns their ids. Called at every export request; renewals begin here too."""
+        taken = self._take_over_orphans()
+        self._start_renewing()
+        return taken
+
+    def _take_over_orphans(self) -> list[str]:
         jobs = schema.export_jobs.c
         now = time.time()
         with self.engine.connect() as conn:
@@ -166,7 +171,6 @@ class ExportJobs:
                 log.warning("export job %s: its process stopped renewing it; started again here", job_id)
                 taken.append(job_id)
                 self._start(job_id)
-        self._start_renewing()
         return taken
 
     def _start_renewing(self) -> None:
@@ -177,20 +181,26 @@ class ExportJobs:
             self._renewing.start()
 
     def _renew_loop(self) -> None:
+        """Renew this process's jobs and take over orphaned ones, every third of a lease, for as long
+        as any job is unfinished anywhere; it starts again with the next job or export request."""
+        jobs = schema.export_jobs.c
         while True:
             time.sleep(self.lease_seconds / 3)
             try:
                 with self._lock:
                     running = [job_id for job_id, thread in self._threads.items() if thread.is_alive()]
-                if running:
-                    with self.engine.begin() as conn:
+                with self.engine.begin() as conn:
+                    if running:
                         conn.execute(update(schema.export_jobs).where(
-                            schema.export_jobs.c.id.in_(running), schema.export_jobs.c.owner == self.owner,
-                            schema.export_jobs.c.status.in_(UNFINISHED)).values(
+                            jobs.id.in_(running), jobs.owner == self.owner, jobs.status.in_(UNFINISHED)).values(
                             lease_until=time.time() + self.lease_seconds))
-                self.resume_unfinished()
-            except Exception:  # the database away for a moment: the next round tries again
-                log.exception("export jobs: renewing leases failed")
+                    unfinished = conn.execute(select(jobs.id).where(jobs.status.in_(UNFINISHED)).limit(1)).first()
+                if unfinished is None:
+                    return
+                self._take_over_orphans()
+            except Exception:  # the database is away: stop; unrenewed jobs are taken over elsewhere, safely
+                log.exception("export jobs: renewing leases failed; renewals stop until the next export request")
+                return
 
     def wait(self, job_id: str, timeout: float = 60) -> None:
         """Block until the job's thread ends (for the CLI and tests)."""

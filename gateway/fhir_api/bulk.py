@@ -32,14 +32,15 @@ UNSUPPORTED_PARAMS = ("_elements", "patient", "includeAssociatedData", "_typeFil
 
 
 def export_jobs() -> ExportJobs:
-    """The app's export jobs, made on first use; unfinished jobs of an earlier run start again then."""
+    """The app's export jobs, made on first use. At every export request (kick-off, status poll,
+    download, cancel) unfinished jobs whose process stopped renewing them are taken over here."""
     app = current_app._get_current_object()
     jobs = app.extensions.get("bulk_export")
     if jobs is None:
         gw = gateway_of_app()
         jobs = ExportJobs(gw.store, gw.store.engine, Path(app.config["DATA_DIR"]) / "exports")
         app.extensions["bulk_export"] = jobs
-        jobs.resume_unfinished()
+    jobs.resume_unfinished()
     return jobs
 
 
