@@ -102,10 +102,12 @@ def test_sigkill_during_load_leaves_no_row_that_disagrees_with_the_store(tmp_pat
                                                           stop)) for i in range(6)]
         for thread in senders:
             thread.start()
-        wait_until(lambda: len(_rows(db)) >= 60 + sent // 10, timeout=60, interval=0.05)
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait(10)
-        stop.set()
+        try:
+            wait_until(lambda: len(_rows(db)) >= 60 + sent // 10, timeout=60, interval=0.05)
+        finally:                                # the kill, or no server left behind when the wait fails
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait(10)
+            stop.set()
         for thread in senders:
             thread.join(15)
         sent += 6000
