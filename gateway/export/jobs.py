@@ -5,7 +5,7 @@ and each resource is written as one line, so memory stays flat whatever the expo
 table is the truth, shared by every process of a deployment: a job is run by the process that
 owns it (``owner``), which renews its lease every few seconds while it lives. A job whose lease ran
 out (its process was killed, or the machine went away) is taken over by the next process that looks
-(``resume_unfinished``: at its first export request, then with every renewal) and started again from
+(``resume_unfinished``, at every export request: kick-off, status poll, download) and started again from
 the beginning (partial files discarded); a job whose owner still works is never touched. Finished
 jobs keep answering their status with the files still on disk.
 """
@@ -149,12 +149,7 @@ class ExportJobs:
 
     def resume_unfinished(self) -> list[str]:
         """Take over and start again every unfinished job whose owner's lease ran out (a process
-        that died); returns their ids. Called at every export request; renewals begin here too."""
-        taken = self._take_over_orphans()
-        self._start_renewing()
-        return taken
-
-    def _take_over_orphans(self) -> list[str]:
+        that died); returns their ids. Called at every export request."""
         jobs = schema.export_jobs.c
         now = time.time()
         with self.engine.connect() as conn:
@@ -173,34 +168,24 @@ class ExportJobs:
                 self._start(job_id)
         return taken
 
-    def _start_renewing(self) -> None:
-        with self._lock:
-            if self._renewing is not None and self._renewing.is_alive():
-                return
-            self._renewing = threading.Thread(target=self._renew_loop, name="export-leases", daemon=True)
-            self._renewing.start()
-
     def _renew_loop(self) -> None:
-        """Renew this process's jobs and take over orphaned ones, every third of a lease, for as long
-        as any job is unfinished anywhere; it starts again with the next job or export request."""
+        """Renew the leases of this process's running jobs every third of a lease; it ends when none
+        runs, and starts again with the next. (Orphaned jobs are taken over at export requests.)"""
         jobs = schema.export_jobs.c
         while True:
             time.sleep(self.lease_seconds / 3)
-            try:
-                with self._lock:
-                    running = [job_id for job_id, thread in self._threads.items() if thread.is_alive()]
-                with self.engine.begin() as conn:
-                    if running:
-                        conn.execute(update(schema.export_jobs).where(
-                            jobs.id.in_(running), jobs.owner == self.owner, jobs.status.in_(UNFINISHED)).values(
-                            lease_until=time.time() + self.lease_seconds))
-                    unfinished = conn.execute(select(jobs.id).where(jobs.status.in_(UNFINISHED)).limit(1)).first()
-                if unfinished is None:
+            with self._lock:            # a job is in _threads from before its thread starts until it ends
+                running = list(self._threads)
+                if not running:
+                    self._renewing = None
                     return
-                self._take_over_orphans()
-            except Exception:  # the database is away: stop; unrenewed jobs are taken over elsewhere, safely
-                log.exception("export jobs: renewing leases failed; renewals stop until the next export request")
-                return
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(update(schema.export_jobs).where(
+                        jobs.id.in_(running), jobs.owner == self.owner, jobs.status.in_(UNFINISHED)).values(
+                        lease_until=time.time() + self.lease_seconds))
+            except Exception:  # the database away for a moment: the next round tries again
+                log.exception("export jobs: renewing leases failed")
 
     def wait(self, job_id: str, timeout: float = 60) -> None:
         """Block until the job's thread ends (for the CLI and tests)."""
@@ -212,10 +197,12 @@ class ExportJobs:
     # ------------------------------------------------------------------ the work
 
     def _start(self, job_id: str) -> None:
-        self._start_renewing()
         thread = threading.Thread(target=self._run, args=(job_id,), name=f"export-{job_id[:8]}", daemon=True)
         with self._lock:
             self._threads[job_id] = thread
+            if self._renewing is None:
+                self._renewing = threading.Thread(target=self._renew_loop, name="export-leases", daemon=True)
+                self._renewing.start()
         thread.start()
 
     def _run(self, job_id: str) -> None:
