@@ -163,15 +163,27 @@ class StoreTransaction:
         may match (its organization's: gateway/store/access.py)."""
         if not tokens:
             return []
-        self.claim_identifiers(resource_type, tokens)
         t = schema.idx_token
         matches = schema.token_match(tokens)
         ids = select(t.c.res_id).where(t.c.res_type == resource_type, t.c.param == param, matches).distinct()
         r = schema.resources
-        rows = self.conn.execute(select(r.c.content).where(
+        query = select(r.c.content).where(
             r.c.res_type == resource_type, r.c.res_id.in_(ids), r.c.deleted.is_(False),
-            *access.matchable_conditions(r.c.res_type, r.c.res_id, resource_type, purpose))).all()
-        return [_load(r.content) for r in rows]
+            *access.matchable_conditions(r.c.res_type, r.c.res_id, resource_type, purpose))
+        return [_load(row.content) for row in self._found_or_claimed(
+            query, [f"{resource_type}|{system or ''}|{value}" for system, value in tokens])]
+
+    def _found_or_claimed(self, query, keys: list[str]) -> list:
+        """Rows of a lookup a write decides on. Found: what it found (a record that exists is
+        changed under its version's primary key, so no claim is needed, and messages naming the
+        same hospital or prescriber never queue behind each other). Not found: the identities are
+        claimed and the lookup made again, so of two writers about to create the same record the
+        second waits and then finds the first's."""
+        rows = self.conn.execute(query).all()
+        if rows or self.conn.dialect.name != "postgresql":
+            return rows
+        self.claim(keys)
+        return self.conn.execute(query).all()
 
     def create(self, resource: dict) -> dict:
         resource = dict(resource)
@@ -218,13 +230,13 @@ class StoreTransaction:
     def find(self, resource_type: str, criteria: list["SearchCriterion"], limit: int = 2) -> list[dict]:
         """Current resources matching search criteria, seen from inside this transaction (conditional writes)."""
         from gateway.store.search import build_conditions
-        self.claim([f"{resource_type}?" + "&".join(sorted(repr(c) for c in criteria))])
         r = schema.resources
         conditions = [r.c.res_type == resource_type, r.c.deleted.is_(False),
                       *build_conditions(self.store, resource_type, criteria)]
         conditions += access.matchable_conditions(r.c.res_type, r.c.res_id, resource_type)
-        rows = self.conn.execute(select(r.c.content).where(*conditions).order_by(r.c.res_id).limit(limit)).all()
-        return [_load(row.content) for row in rows]
+        query = select(r.c.content).where(*conditions).order_by(r.c.res_id).limit(limit)
+        key = f"{resource_type}?" + "&".join(sorted(repr(c) for c in criteria))
+        return [_load(row.content) for row in self._found_or_claimed(query, [key])]
 
     def delete(self, resource_type: str, resource_id: str, expected_version: str | None = None) -> int | None:
         """Soft delete: a history entry marked deleted; the indexes go. Returns the new version or None."""

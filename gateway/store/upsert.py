@@ -81,9 +81,6 @@ def apply_mapped(tx: StoreTransaction, mapped_resources: list[MappedLike], sourc
     not repeat the order's approval is judged on the order it produces, not on the message alone."""
     result = UpsertResult()
     real_refs: dict[str, str] = {}
-    # every identity the message names, held at once in one sorted order: two messages naming the
-    # same ones wait for each other instead of deadlocking (StoreTransaction.claim)
-    tx.claim(f"{m.type}|{system or ''}|{value}" for m in mapped_resources for system, value in m.identity or ())
     for mapped in mapped_resources:
         resource = _copy(mapped.resource)
         _replace_references(resource, real_refs, tx)

@@ -18,9 +18,10 @@ from gateway.store import schema
 # a new order for a known patient (the most common message): raw insert, dedupe read, the store
 # transaction, the audit insert. Lower it when the write path gets cheaper; never raise it lightly.
 MAX_STATEMENTS_NEW_ORDER = 27     # was 28 in 5 write transactions at 8b8ccab; +1: the resend check again, in the store transaction (two identical messages at once)
-# PostgreSQL holds what the message decides on with advisory locks: one statement for its identities,
-# one for its sender + control id (StoreTransaction.claim); SQLite's write lock needs neither
-POSTGRESQL_CLAIMS = 2
+# PostgreSQL holds what a message decides on with advisory locks (StoreTransaction.claim): the new
+# order's identifier, found absent, is claimed and looked up again (2), and its sender + control id
+# claimed (1); SQLite's one write lock needs none of them
+POSTGRESQL_CLAIMS = 3
 
 
 def _order(number: int) -> bytes:
