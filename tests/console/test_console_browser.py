@@ -45,6 +45,9 @@ def _browser(language: str):
     options.add_experimental_option("prefs", {"intl.accept_languages": language})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
+    # an element the next page brings (the replay's flash) may be looked for before that page is in,
+    # when a form's POST takes a while on a loaded machine (it failed once in a clean-clone CI run)
+    driver.implicitly_wait(15)
     return driver
 
 
