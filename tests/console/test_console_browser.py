@@ -45,10 +45,20 @@ def _browser(language: str):
     options.add_experimental_option("prefs", {"intl.accept_languages": language})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
-    # an element the next page brings (the replay's flash) may be looked for before that page is in,
-    # when a form's POST takes a while on a loaded machine (it failed once in a clean-clone CI run)
-    driver.implicitly_wait(15)
+    driver.implicitly_wait(10)          # an element a page brings may come a little after the page
     return driver
+
+
+def _navigate(driver, element) -> None:
+    """Click a link or a form's button and wait until the next page has replaced this one: looked
+    for at once, an element may still be the old page's (clean-clone CI runs read the unfiltered
+    message list as the filtered one, and the replay's flash before its page came)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
 
 
 def _shot(driver, name: str) -> None:
@@ -103,20 +113,20 @@ def test_find_a_failed_message_read_why_replay_it_and_see_it_delivered(console_g
         assert "1 messages, 1 failed" in driver.find_element(By.ID, "error-rate").text
         _shot(driver, "02-overview")
 
-        driver.find_element(By.LINK_TEXT, "Messages").click()
+        _navigate(driver, driver.find_element(By.LINK_TEXT, "Messages"))
         Select(driver.find_element(By.ID, "status")).select_by_visible_text("error")
-        driver.find_element(By.ID, "search").click()
+        _navigate(driver, driver.find_element(By.ID, "search"))
         rows = driver.find_elements(By.CSS_SELECTOR, "#messages tr")[1:]
         assert len(rows) == 1 and "PEX^P07" in rows[0].text and "error" in rows[0].text
         _shot(driver, "03-messages-failed")
 
-        rows[0].find_element(By.CLASS_NAME, "message-link").click()
+        _navigate(driver, rows[0].find_element(By.CLASS_NAME, "message-link"))
         assert "'X' is not a known value of HL7 table 0001" in driver.find_element(By.ID, "errors").text
         assert "MSA|AE|BSH20260402000031" in driver.find_element(By.ID, "ack").text
         assert "Administrative Sex" in driver.page_source
         _shot(driver, "04-message-why")
 
-        driver.find_element(By.ID, "replay").click()
+        _navigate(driver, driver.find_element(By.ID, "replay"))
         assert "replay: error -> processed (AA)" in driver.find_element(By.ID, "flash").text
         assert driver.find_element(By.ID, "status").text == "processed"
         _shot(driver, "05-message-replayed")
@@ -134,12 +144,12 @@ def test_find_a_failed_message_read_why_replay_it_and_see_it_delivered(console_g
         assert "delivered" in driver.find_element(By.ID, "destinations").text
         _shot(driver, "07-overview-after")
 
-        driver.find_element(By.LINK_TEXT, "Clients").click()
+        _navigate(driver, driver.find_element(By.LINK_TEXT, "Clients"))
         form = driver.find_element(By.ID, "add-client")
         form.find_element(By.NAME, "client_id").send_keys("haikou-his")
         form.find_element(By.NAME, "organization").send_keys("HAIKOU_PEOPLES_HOSPITAL")
         Select(form.find_element(By.NAME, "role")).select_by_visible_text("hospital")
-        form.find_element(By.ID, "add").click()
+        _navigate(driver, form.find_element(By.ID, "add"))
         assert "Secret for haikou-his, shown once" in driver.find_element(By.ID, "new-secret").text
         assert app.extensions["security"].clients.get("haikou-his").organization == "HAIKOU_PEOPLES_HOSPITAL"
         _shot(driver, "08-clients")
@@ -164,7 +174,7 @@ def test_the_console_speaks_chinese_to_a_chinese_browser(console_gateway):
         assert driver.find_element(By.TAG_NAME, "h1").text == "概览"
         assert "最近一小时：1 条消息，1 条失败" in driver.find_element(By.ID, "error-rate").text
         _shot(driver, "09-overview-zh-CN")
-        driver.find_element(By.LINK_TEXT, "消息").click()
+        _navigate(driver, driver.find_element(By.LINK_TEXT, "消息"))
         _shot(driver, "10-messages-zh-CN")
     finally:
         driver.quit()
