@@ -75,7 +75,8 @@ def test_two_worker_processes_share_deliveries_and_survive_a_sigkill(tmp_path, r
                    describe=lambda: f"outbox {gateway.outbox.counts()}, {worker_logs(tmp_path)}")
         workers[0].send_signal(signal.SIGKILL)              # no goodbye: its leases and stream entries stay behind
         workers[0].wait(5)
-        wait_until(lambda: gateway.outbox.counts() == {"delivered": 120}, timeout=30, interval=0.05,
+        # a kill between a relay's lease and its XADD leaves rows for the relay lease (60 s) to expire
+        wait_until(lambda: gateway.outbox.counts() == {"delivered": 120}, timeout=90, interval=0.05,
                    describe=lambda: f"outbox {gateway.outbox.counts()}, {worker_logs(tmp_path)}")
         # the killed consumer's pending entries are claimed by the survivor (XAUTOCLAIM) and acknowledged
         wait_until(lambda: redis.Redis.from_url(redis_url).xlen(stream_name) == 0, timeout=15,
@@ -184,6 +185,8 @@ def test_two_deployments_on_one_redis_each_deliver_only_their_own(tmp_path, rece
     receiver = receivers["province"]
     routes = fast_routes(tmp_path, receiver.url())
     gateways = [Gateway.from_config(load_config({"DATA_DIR": str(tmp_path / name), "ROUTES_FILE": str(routes),
+                                                 # two deployments: two databases, whatever GATEWAY_TEST_STORE says
+                                                 "DATABASE_URL": f"sqlite:///{tmp_path / name / 'gateway.db'}",
                                                  "REDIS_URL": redis_url, "DELIVERY_POLL_MS": 20,
                                                  "DELIVERY_LEASE_SECONDS": 2})) for name in ("a", "b")]
     workers = [make_workers(g.config, g.store.engine, g.routes, threads=2) for g in gateways]
