@@ -147,7 +147,7 @@ class StoreTransaction:
             self._claimed.update(new)
 
     def claim_identifiers(self, resource_type: str, tokens: Iterable[tuple[str | None, str]]) -> None:
-        self.claim(f"{resource_type}|{system or ''}|{value}" for system, value in tokens)
+        self.claim(_identity_keys(resource_type, tokens))
 
     def read(self, resource_type: str, resource_id: str) -> dict | None:
         row = self.conn.execute(select(schema.resources.c.content, schema.resources.c.deleted).where(
@@ -170,8 +170,7 @@ class StoreTransaction:
         query = select(r.c.content).where(
             r.c.res_type == resource_type, r.c.res_id.in_(ids), r.c.deleted.is_(False),
             *access.matchable_conditions(r.c.res_type, r.c.res_id, resource_type, purpose))
-        return [_load(row.content) for row in self._found_or_claimed(
-            query, [f"{resource_type}|{system or ''}|{value}" for system, value in tokens])]
+        return [_load(row.content) for row in self._found_or_claimed(query, _identity_keys(resource_type, tokens))]
 
     def _found_or_claimed(self, query, keys: list[str]) -> list:
         """Rows of a lookup a write decides on. Found: what it found (a record that exists is
@@ -310,6 +309,11 @@ _UNINDEX_STATEMENTS = [delete(t).where(t.c.res_type == bindparam("res_type_"), t
 
 # one statement for all of a claim's locks, taken in the order given (sorted, so claims never deadlock)
 _ADVISORY_LOCKS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
+
+
+def _identity_keys(resource_type: str, tokens: Iterable[tuple[str | None, str]]) -> list[str]:
+    """The claim keys of a type's business identifiers: one key per (system, value), whoever owns it."""
+    return [f"{resource_type}|{system or ''}|{value}" for system, value in tokens]
 
 
 def _lock_key(key: str) -> int:
