@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_message_parsers(sub)
     from gateway.mapping.commands import add_mapping_parsers
     add_mapping_parsers(sub)
+    from gateway.store.commands import add_db_parsers
+    add_db_parsers(sub)
     _data_dir_everywhere(sub)
     return parser
 
@@ -311,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(load_config().get("LOG_FORMAT", "text"))
     args = build_parser().parse_args(argv)
     from gateway.mapping.engine import MappingError
+    from gateway.store.migrations import SchemaError
     try:
         status = args.func(args)
         sys.stdout.flush()          # inside the try: a closed pipe shows here for short outputs
@@ -325,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         print("the gateway does not start with a broken mapping; `fhir-gateway mappings check` lists "
               "the problems", file=sys.stderr)
+        return 2
+    except SchemaError as exc:         # the database is not at this release's schema (gateway/store/migrations)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -17,6 +17,9 @@ DEFAULTS: dict[str, Any] = {
     "DATA_DIR": "./var",
     # SQLAlchemy URL; empty means sqlite:///<DATA_DIR>/gateway.db
     "DATABASE_URL": "",
+    # a database behind this release's schema: "auto" upgrades it at start-up (one process does, under a
+    # lock), "off" refuses to start until `fhir-gateway db upgrade` has run (gateway/store/migrations)
+    "SCHEMA_UPGRADE": "auto",
     "HOST": "127.0.0.1",
     "PORT": 8080,
     # public base URL used in Bundle links and Location headers; empty means derived from the request

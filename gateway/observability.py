@@ -202,3 +202,6 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic narrates every start-up at INFO ("Context impl SQLiteImpl."); the gateway logs the one
+    # line that matters itself (gateway/store/migrations: "database schema upgraded from ... to ...")
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))

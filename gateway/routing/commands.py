@@ -17,9 +17,9 @@ def _config(args: argparse.Namespace) -> dict:
 
 
 def _engine(config: dict):
-    """The database engine (tables made if missing). Worker processes often start together: the one
-    that loses the race to create a table (SQLite: "database is locked" when two check-then-create
-    transactions collide; "already exists") tries again and finds it there."""
+    """The database engine, its schema brought to this release (gateway/store/migrations, under a
+    lock). Worker processes often start together: one that still meets "database is locked" (SQLite,
+    switching a new file to WAL) tries again."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from gateway.store import make_engine
@@ -28,7 +28,7 @@ def _engine(config: dict):
     attempt = 0
     while True:
         try:
-            return make_engine(config["DATABASE_URL"])
+            return make_engine(config["DATABASE_URL"], config["SCHEMA_UPGRADE"])
         except (OperationalError, ProgrammingError) as exc:
             attempt += 1
             if attempt >= 5 or not any(text in str(exc) for text in ("already exists", "database is locked")):

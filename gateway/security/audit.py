@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 
 from gateway.observability import AUDIT_EVENTS, TOKENS
-from gateway.security.tables import audit_events, create_security_tables
+from gateway.security.tables import audit_events
 from gateway.store import new_resource_id
 from gateway.store.group_commit import GroupCommit
 
@@ -65,7 +65,6 @@ class AuditLog:
     def __init__(self, engine: Engine, canonical_base: str):
         self.engine = engine
         self.base = canonical_base.rstrip("/")
-        create_security_tables(engine)
         self._writer = GroupCommit(engine, insert(audit_events))
 
     def record(self, rec: AuditRecord) -> str:

@@ -1,14 +1,12 @@
 """The security tables, on the store's shared ``metadata``: audit records and used assertion ids.
 
-Created by the security parts themselves (``create_security_tables``), so the store needs no
-knowledge of them; PostgreSQL and SQLite alike.
+Created, like every table, by the schema migrations (gateway/store/migrations).
 """
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, LargeBinary, String
-from sqlalchemy import Table
-from sqlalchemy.engine import Engine
+from sqlalchemy import Column, Index, Integer, String, Table
 
+from gateway.store.content import StoredJson
 from gateway.store.schema import metadata
 
 audit_events = Table(
@@ -26,7 +24,7 @@ audit_events = Table(
     Column("entity_type", String(64)),
     Column("entity_id", String(64)),
     Column("address", String(64)),
-    Column("content", LargeBinary, nullable=False),       # the AuditEvent JSON
+    Column("content", StoredJson, nullable=False),         # the AuditEvent JSON
     Index("ix_audit_recorded", "recorded"),
     Index("ix_audit_client", "client_id"),
     Index("ix_audit_entity", "entity_type", "entity_id"),
@@ -39,7 +37,3 @@ used_assertions = Table(
     Column("expires_at", Integer, nullable=False),
     Index("ix_used_assertions_expiry", "expires_at"),
 )
-
-
-def create_security_tables(engine: Engine) -> None:
-    metadata.create_all(engine, tables=[audit_events, used_assertions])

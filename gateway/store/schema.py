@@ -5,8 +5,10 @@ SQLAlchemy Core so the same code runs on the embedded SQLite file and on Postgre
 from __future__ import annotations
 
 from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, and_, case, create_engine, event, func, or_, select, text)
+                        UniqueConstraint, and_, case, create_engine, event, func, or_, select)
 from sqlalchemy.engine import Engine
+
+from gateway.store.content import StoredJson
 
 metadata = MetaData()
 
@@ -17,7 +19,7 @@ resources = Table(
     Column("version_id", Integer, nullable=False),
     Column("last_updated", String(40), nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
-    Column("content", LargeBinary, nullable=False),
+    Column("content", StoredJson, nullable=False),
     # the organization that first sent it (gateway/store/access.py); NULL: the gateway's own (Person links)
     Column("owner", String(64)),
     Index("ix_resources_updated", "res_type", "last_updated"),
@@ -32,7 +34,7 @@ resource_versions = Table(
     Column("last_updated", String(40), nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("method", String(10), nullable=False),
-    Column("content", LargeBinary, nullable=False),
+    Column("content", StoredJson, nullable=False),
     Index("ix_versions_updated", "last_updated"),
 )
 
@@ -109,8 +111,10 @@ message_log = Table(
 )
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with SQLite tuned for a multi-threaded server (WAL, a busy timeout).
+def make_engine(url: str, schema_upgrade: str = "auto") -> Engine:
+    """An engine with SQLite tuned for a multi-threaded server (WAL, a busy timeout), on a database
+    whose schema is this release's (gateway/store/migrations: ``schema_upgrade`` "auto" upgrades a
+    database that is behind, "off" refuses it, "none" leaves it to the caller, ``db upgrade``).
 
     SQLite: 8 kB pages in a new file (a stored order, about 3 kB of JSON, wasted most of a 4 kB
     page); WAL with ``synchronous=NORMAL``: a commit survives the gateway process being killed
@@ -140,19 +144,12 @@ def make_engine(url: str) -> Engine:
             # writers take the write lock at BEGIN, so two writers never deadlock upgrading a read lock
             immediate = conn.get_execution_options().get("write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-        metadata.create_all(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-        with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                # several processes starting on one empty database: the first creates the tables, the
-                # others wait here and then find them (CREATE TABLE has no IF NOT EXISTS race guard)
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-            metadata.create_all(conn)
+    if schema_upgrade != "none":
+        from gateway.store import migrations
+        migrations.prepare(engine, schema_upgrade)
     return engine
-
-
-_SCHEMA_LOCK_KEY = 0x4C43_4757    # "LCGW": the advisory lock that serialises schema creation
 
 
 # ---------------------------------------------------------------- routing outbox (gateway/routing)

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 
 from gateway.config import REPO_ROOT
 from gateway.ingest.mllp import MllpDecoder, frame
+from gateway.store.content import inflate
 from tests.conftest import sample
 from tests.routing.conftest import free_port, wait_until
 
@@ -82,7 +83,7 @@ def _rows(db) -> list[tuple]:
 def _stored_sources(db) -> set[str]:
     """The messages whose resources are in the store: each wrote one Provenance naming its source."""
     contents = _query(db, "SELECT content FROM resources WHERE res_type = 'Provenance'")
-    return {orjson.loads(bytes(row[0]))["meta"]["source"] for row in contents}
+    return {orjson.loads(inflate(bytes(row[0])))["meta"]["source"] for row in contents}
 
 
 def _versions(db) -> set[str]:

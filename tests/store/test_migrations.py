@@ -1,0 +1,157 @@
+"""Schema migrations (gateway/store/migrations): every road to this release's schema ends at the same
+tables, a database from an earlier release is upgraded with its data, and a gateway never runs on a
+schema it was not built for. On SQLite and on a real PostgreSQL."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, select, text
+
+from gateway import create_app
+from gateway.store import migrations
+from gateway.store.schema import make_engine, metadata
+from tests.security.credentials import authenticated
+
+ROOT = Path(__file__).resolve().parents[2]
+FHIR_GATEWAY = [sys.executable, "-m", "gateway.cli"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request, tmp_path, monkeypatch) -> str:
+    monkeypatch.delenv("GATEWAY_DATABASE_URL", raising=False)
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+def _migrate(url: str, to: str) -> None:
+    """Runs the migration scripts themselves (a new database otherwise takes the models' tables)."""
+    engine = make_engine(url, schema_upgrade="none")
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), to)
+    engine.dispose()
+
+
+def _as_a_release_before_migrations(url: str) -> None:
+    """The tables of revision 0001, as ``metadata.create_all`` made them: no ``alembic_version``."""
+    _migrate(url, "0001")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+    engine.dispose()
+
+
+def _revision(url: str) -> str | None:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        revision = MigrationContext.configure(conn).get_current_revision()
+    engine.dispose()
+    return revision
+
+
+def test_the_migration_scripts_build_exactly_the_models_tables(empty_database):
+    """Differential: a new database takes ``create_all`` + stamp, an old one the scripts; a script that
+    forgets a column, an index or a type shows here."""
+    _migrate(empty_database, "head")
+    engine = create_engine(empty_database)
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert differences == []
+
+
+def test_a_new_database_is_made_current_at_start_up(empty_database):
+    engine = make_engine(empty_database)
+    assert set(metadata.tables) <= set(inspect(engine).get_table_names())
+    engine.dispose()
+    assert _revision(empty_database) == migrations.head_revision()
+
+
+def test_a_database_from_before_migrations_is_upgraded_with_its_data(empty_database, tmp_path):
+    _as_a_release_before_migrations(empty_database)
+    engine = create_engine(empty_database)
+    with engine.begin() as conn:        # an order the earlier release stored (plain JSON, as it wrote)
+        conn.execute(text("INSERT INTO resources (res_type, res_id, version_id, last_updated, deleted, content) "
+                          "VALUES ('Organization', 'old-1', 1, '2026-01-01T00:00:00Z', false, "
+                          + ("X'7b227265736f7572636554797065223a224f7267616e697a6174696f6e222c226964223a226f6c642d31227d')"
+                             if engine.dialect.name == "sqlite" else
+                             "convert_to('{\"resourceType\":\"Organization\",\"id\":\"old-1\"}', 'UTF8'))")))
+    engine.dispose()
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "TESTING": True, "DATABASE_URL": empty_database})
+    assert _revision(empty_database) == migrations.head_revision()
+    columns = {c["name"] for c in inspect(app.extensions["gateway"].store.engine).get_columns("export_jobs")}
+    assert {"owner", "lease_until"} <= columns
+    admin = authenticated(app, "admin")
+    assert admin.get("/fhir/Organization/old-1").get_json()["id"] == "old-1"
+    app.extensions["gateway"].store.engine.dispose()
+
+
+def test_with_upgrades_off_a_database_behind_is_refused_naming_the_command(empty_database, tmp_path):
+    _migrate(empty_database, "0001")
+    with pytest.raises(migrations.SchemaError, match="run `fhir-gateway db upgrade`"):
+        create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "DATABASE_URL": empty_database,
+                    "SCHEMA_UPGRADE": "off"})
+    assert _revision(empty_database) == "0001"          # nothing was changed behind the operator's back
+
+
+def test_a_database_written_by_a_newer_release_is_refused_in_every_mode(empty_database, tmp_path):
+    make_engine(empty_database).dispose()
+    engine = create_engine(empty_database)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    for mode in ("auto", "off"):
+        with pytest.raises(migrations.SchemaError, match="0099.*newer gateway release"):
+            create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "DATABASE_URL": empty_database,
+                        "SCHEMA_UPGRADE": mode})
+
+
+def _cli(url: str, data_dir: Path, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+    env = {**os.environ, "GATEWAY_DATABASE_URL": url, **(env_extra or {})}
+    return subprocess.run([*FHIR_GATEWAY, "--data-dir", str(data_dir), *args], capture_output=True, text=True,
+                          env=env, cwd=str(ROOT), timeout=120)
+
+
+def test_db_current_and_db_upgrade_from_the_command_line(empty_database, tmp_path):
+    _as_a_release_before_migrations(empty_database)
+    before = _cli(empty_database, tmp_path, "db", "current")
+    assert before.returncode == 1 and "revision 0001" in before.stdout and "db upgrade" in before.stdout
+    upgraded = _cli(empty_database, tmp_path, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"upgraded from 0001 to {migrations.head_revision()}" in upgraded.stdout
+    again = _cli(empty_database, tmp_path, "db", "upgrade")
+    assert again.returncode == 0 and "already at revision" in again.stdout
+    assert _cli(empty_database, tmp_path, "db", "current").returncode == 0
+
+
+def test_serve_refuses_a_database_behind_with_a_message_not_a_traceback(empty_database, tmp_path):
+    _migrate(empty_database, "0001")
+    served = _cli(empty_database, tmp_path, "serve", "--port", "0", env_extra={"GATEWAY_SCHEMA_UPGRADE": "off"})
+    assert served.returncode == 2
+    assert "run `fhir-gateway db upgrade`" in served.stderr and "Traceback" not in served.stderr
+
+
+def test_three_upgrades_at_once_on_an_old_database_migrate_it_once(empty_database, tmp_path):
+    """A deploy script on three machines: one migrates, the others wait for its lock and find it done."""
+    _as_a_release_before_migrations(empty_database)
+    import os
+    env = {**os.environ, "GATEWAY_DATABASE_URL": empty_database}
+    runs = [subprocess.Popen([*FHIR_GATEWAY, "--data-dir", str(tmp_path / f"p{n}"), "db", "upgrade"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+            for n in range(3)]
+    outcomes = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], [err[-1500:] for _out, err in outcomes]
+    said = [out for out, _err in outcomes]
+    assert sum("upgraded from 0001" in out for out in said) == 1
+    assert sum("already at revision" in out for out in said) == 2
+    engine = create_engine(empty_database)
+    with engine.connect() as conn:
+        assert conn.execute(select(text("count(*)")).select_from(text("alembic_version"))).scalar() == 1
+    engine.dispose()
