@@ -59,8 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "RECOVER_AFTER_SECONDS": 30,
     "MLLP_PORT": 0,  # 0 = MLLP listener not started by `serve`
     "DEFAULT_PAGE_SIZE": 50,
-    # signs search paging cursors; set the same value on every machine behind a load balancer
-    # (empty: a random key kept in <DATA_DIR>/search-cursor.key, shared by the processes of one machine)
+    # signs search paging cursors
+    # (empty: the deployment's random key, kept in the database and so shared by all its processes)
     "SEARCH_CURSOR_SECRET": "",
     "MAX_PAGE_SIZE": 1000,
     # our own identity in MSH-3/MSH-4 of ACKs
@@ -69,8 +69,10 @@ DEFAULTS: dict[str, Any] = {
     # --- security (gateway/security, README "Security")
     # "production": no demo client is made or printed, and serve may bind beyond loopback
     "ENVIRONMENT": "development",
-    "CLIENTS_FILE": "",             # registered clients; empty = <DATA_DIR>/clients.json
-    "SIGNING_KEYS_FILE": "",        # the gateway's token-signing keys; empty = <DATA_DIR>/signing-keys.json
+    # clients and signing keys live in the database; a file an earlier release kept them in is imported
+    # once into the empty table (empty = <DATA_DIR>/clients.json, <DATA_DIR>/signing-keys.json)
+    "CLIENTS_FILE": "",
+    "SIGNING_KEYS_FILE": "",
     "TOKEN_ISSUER": "",             # iss/aud of access tokens; empty = BASE_URL, else urn:lecheng-fhir-gateway
     "TOKEN_LIFETIME_SECONDS": 300,
     "RATE_LIMIT": "6000 per minute",        # per client (per source address without a token)

@@ -12,7 +12,7 @@ from gateway.mapping.engine import MappingSet
 from gateway.mapping.terminology import Terminology
 from gateway.routing import Outbox, Router, Routes, load_routes
 from gateway.store import ResourceStore, SearchParameterRegistry, make_engine
-from gateway.store.search import cursor_secret_file
+from gateway.security.shared_secrets import shared_secret
 from gateway.validation import ProfileRegistry, Validator
 
 
@@ -45,7 +45,7 @@ class Gateway:
         zone = ZoneInfo(config["TIMEZONE"]) if config["TIMEZONE"] else None
         store = ResourceStore(engine, SearchParameterRegistry.load(), zone,
                               cursor_secret=config.get("SEARCH_CURSOR_SECRET")
-                              or cursor_secret_file(Path(config["DATA_DIR"]) / "search-cursor.key"))
+                              or shared_secret(engine, "search-cursor", Path(config["DATA_DIR"]) / "search-cursor.key"))
         message_log = MessageLog(engine)
         mappings = MappingSet.load(config["MAPPINGS_DIR"])
         terminology = Terminology.load(config["MAPPINGS_DIR"])

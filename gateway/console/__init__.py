@@ -6,8 +6,8 @@ English or Chinese (zh-CN), chosen by the browser's Accept-Language (Flask-Babel
 ``translations/zh/LC_MESSAGES/messages.po``, compiled to ``.mo`` beside it).
 
 Sign-in is with an admin client's id and secret (the same credentials as ``/auth/token``); the
-session cookie is Secure, HttpOnly and SameSite=Strict, signed with ``CONSOLE_SECRET_KEY`` (or a
-random key kept in ``<DATA_DIR>/console-session.key``) and lasts ``CONSOLE_SESSION_MINUTES``.
+session cookie is Secure, HttpOnly and SameSite=Strict, signed with ``CONSOLE_SECRET_KEY`` (or the
+deployment's random key, kept in the database) and lasts ``CONSOLE_SESSION_MINUTES``.
 Every form carries a CSRF token (Flask-WTF's CSRFProtect, checked on every POST here and only
 here: the API takes bearer tokens, not cookies). Every page and action is audited by the security
 hooks like any request, with the signed-in client as the agent; a replay also gets its own
@@ -16,8 +16,6 @@ message log's, the outbox's and the client registry's own: nothing here decides 
 """
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,7 +39,7 @@ PAGE = 50
 def install_console(app: Flask) -> None:
     """Register the console, its translations and CSRF protection on ``app``."""
     if not app.config.get("SECRET_KEY"):
-        app.config["SECRET_KEY"] = _session_key(app.config)
+        app.config["SECRET_KEY"] = _session_key(app)
     app.config.update(SESSION_COOKIE_NAME="lecheng_console", SESSION_COOKIE_SECURE=True,
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
                       PERMANENT_SESSION_LIFETIME=timedelta(minutes=int(app.config.get("CONSOLE_SESSION_MINUTES") or 480)),
@@ -52,16 +50,13 @@ def install_console(app: Flask) -> None:
     app.register_blueprint(console_blueprint)
 
 
-def _session_key(config: dict) -> str:
-    if config.get("CONSOLE_SECRET_KEY"):
-        return str(config["CONSOLE_SECRET_KEY"])
-    path = Path(config["DATA_DIR"]) / "console-session.key"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as fh:
-            fh.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+def _session_key(app: Flask) -> str:
+    """``CONSOLE_SECRET_KEY``, else the deployment's own, kept in the database (gateway/security/shared_secrets.py)."""
+    if app.config.get("CONSOLE_SECRET_KEY"):
+        return str(app.config["CONSOLE_SECRET_KEY"])
+    from gateway.security.shared_secrets import shared_secret
+    engine = app.extensions["gateway"].store.engine
+    return shared_secret(engine, "console-session", Path(app.config["DATA_DIR"]) / "console-session.key").decode()
 
 
 def _locale() -> str:

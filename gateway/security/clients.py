@@ -1,19 +1,18 @@
 """Registered clients: who may call the gateway, for which organization, in which role.
 
-The registry is one JSON file (``CLIENTS_FILE``, default ``<DATA_DIR>/clients.json``), edited with
-``fhir-gateway clients add|list|revoke|rotate`` and re-read by running servers when it changes, so
-a revoked client is refused at its next request. Each client is bound to exactly one organization
+The registry is the database's ``clients`` table, shared by every process of a deployment, edited
+with ``fhir-gateway clients add|list|revoke|rotate`` and re-read by running servers when it changes,
+so a revoked client is refused at its next request, at every process. Each client is bound to exactly one organization
 (a facility code such as ``BOAO_SUPER_HOSPITAL``, the value its HL7 messages carry in MSH-4) and one
 role (``scopes.ROLES``). It authenticates with a secret (kept only as a scrypt hash) or with a
 signed JWT checked against its registered JWKS (SMART Backend Services), or both.
 """
 from __future__ import annotations
 
-import fcntl
 import ipaddress
+import logging
 import os
 import re
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -21,12 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from gateway.security.scopes import ROLES
+from gateway.security.shared_secrets import insert_ignoring_duplicates
+from gateway.security.tables import clients as clients_table
 from gateway.security.secret_hash import hash_secret, new_secret, verify_secret
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ORGANIZATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+log = logging.getLogger(__name__)
 
 
 class ClientError(ValueError):
@@ -74,13 +79,17 @@ class Client:
 
 
 class ClientRegistry:
-    """The clients file, cached in memory and re-read when its modification time changes."""
+    """The ``clients`` table, cached in memory: each look compares one counter (the table's row count
+    and highest ``changed``) and re-reads the rows only when another process, or this one, edited them,
+    so a revocation made anywhere is refused at the client's next request everywhere."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, engine: Engine, legacy_file: str | os.PathLike | None = None):
+        self.engine = engine
         self._lock = threading.Lock()
         self._clients: dict[str, Client] = {}
         self._stamp: tuple[int, int] | None = None
+        if legacy_file is not None:
+            self._import(Path(legacy_file))
 
     # ------------------------------------------------------------------ reading
 
@@ -107,20 +116,13 @@ class ClientRegistry:
         return client if verify_secret(secret, client.secret_hash) else None
 
     def _current(self) -> dict[str, Client]:
-        try:
-            stat = self.path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
-        except FileNotFoundError:
-            stamp = None
-        with self._lock:
-            if stamp != self._stamp:
-                self._clients = self._read() if stamp is not None else {}
-                self._stamp = stamp
-            return self._clients
-
-    def _read(self) -> dict[str, Client]:
-        data = orjson.loads(self.path.read_bytes() or b"{}")
-        return {cid: Client(**record) for cid, record in (data.get("clients") or {}).items()}
+        with self.engine.connect() as conn:
+            stamp = tuple(conn.execute(_STAMP).one())
+            with self._lock:
+                if stamp != self._stamp:
+                    self._clients = {row.client_id: _client(row) for row in conn.execute(select(clients_table))}
+                    self._stamp = stamp
+                return self._clients
 
     # ------------------------------------------------------------------ changing
 
@@ -145,59 +147,93 @@ class ClientRegistry:
         client = Client(client_id, organization, role, hash_secret(plain) if plain else None, jwks,
                         list(mllp_addresses or []), list(tls_subjects or []), "active",
                         datetime.now(timezone.utc).isoformat(timespec="seconds"), description)
-        with self._editing() as clients:
-            if client_id in clients and not replace:
-                raise ClientError(f"client '{client_id}' exists; use rotate to give it a new secret")
-            clients[client_id] = client
+        try:
+            with self._editing() as conn:
+                exists = conn.execute(select(clients_table.c.client_id).where(
+                    clients_table.c.client_id == client_id)).first() is not None
+                if exists and not replace:
+                    raise ClientError(f"client '{client_id}' exists; use rotate to give it a new secret")
+                if exists:
+                    conn.execute(delete(clients_table).where(clients_table.c.client_id == client_id))
+                conn.execute(insert(clients_table).values(**_row(client), changed=_next_change(conn)))
+        except IntegrityError as exc:          # the same id added at the same moment elsewhere
+            raise ClientError(f"client '{client_id}' exists; use rotate to give it a new secret") from exc
         return client, plain
 
     def revoke(self, client_id: str) -> Client:
-        with self._editing() as clients:
-            client = _existing(clients, client_id)
-            client.status = "revoked"
-        return client
+        with self._editing() as conn:
+            self._change(conn, client_id, status="revoked")
+        return self.get(client_id)
 
     def rotate(self, client_id: str) -> str:
         """A new secret; the old one stops working at once (tokens already issued live out their minutes)."""
         plain = new_secret()
-        with self._editing() as clients:
-            client = _existing(clients, client_id)
-            client.secret_hash = hash_secret(plain)
-            client.status = "active"
+        with self._editing() as conn:
+            self._change(conn, client_id, secret_hash=hash_secret(plain), status="active")
         return plain
 
+    def _change(self, conn: Connection, client_id: str, **values: Any) -> None:
+        changed = conn.execute(update(clients_table).where(clients_table.c.client_id == client_id)
+                               .values(**values, changed=_next_change(conn))).rowcount
+        if not changed:
+            raise ClientError(f"no client '{client_id}'")
+
     def _editing(self):
+        """One write transaction (SQLite: the write lock at BEGIN) per edit."""
         registry = self
 
         class _Edit:
-            def __enter__(self_inner) -> dict[str, Client]:
-                registry.path.parent.mkdir(parents=True, exist_ok=True)
-                self_inner.lock = open(registry.path.with_suffix(".lock"), "a+")
-                fcntl.flock(self_inner.lock, fcntl.LOCK_EX)
-                self_inner.clients = registry._read() if registry.path.exists() else {}
-                return self_inner.clients
+            def __enter__(self_inner) -> Connection:
+                self_inner.conn = registry.engine.connect().execution_options(write=True)
+                self_inner.tx = self_inner.conn.begin()
+                return self_inner.conn
 
             def __exit__(self_inner, exc_type, exc, tb) -> None:
                 try:
                     if exc_type is None:
-                        registry._write(self_inner.clients)
+                        self_inner.tx.commit()
+                    else:
+                        self_inner.tx.rollback()
                 finally:
-                    fcntl.flock(self_inner.lock, fcntl.LOCK_UN)
-                    self_inner.lock.close()
+                    self_inner.conn.close()
+                    with registry._lock:
+                        registry._stamp = None          # read again at the next look
 
         return _Edit()
 
-    def _write(self, clients: dict[str, Client]) -> None:
-        data = {"clients": {cid: asdict(c) for cid, c in sorted(clients.items())}}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".clients-", suffix=".json")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def _import(self, path: Path) -> None:
+        """Clients an earlier release kept in a JSON file, imported once into an empty table."""
+        if not path.is_file():
+            return
+        with self.engine.connect() as conn:
+            if conn.execute(_STAMP).one()[0]:
+                return
+        records = (orjson.loads(path.read_bytes() or b"{}").get("clients") or {})
+        rows = [{**_row(Client(**record)), "changed": 0} for record in records.values()]
+        with self._editing() as conn:
+            insert_ignoring_duplicates(conn, clients_table, rows)
+        log.info("%d clients imported from %s into the database; the file is no longer read", len(rows), path)
+
+
+_STAMP = select(func.count(), func.coalesce(func.max(clients_table.c.changed), 0)).select_from(clients_table)
+
+
+def _next_change(conn: Connection) -> int:
+    return conn.execute(select(func.coalesce(func.max(clients_table.c.changed), 0))).scalar_one() + 1
+
+
+def _row(client: Client) -> dict[str, Any]:
+    record = asdict(client)
+    record["jwks"] = orjson.dumps(client.jwks).decode() if client.jwks is not None else None
+    record["mllp_addresses"] = orjson.dumps(client.mllp_addresses).decode()
+    record["tls_subjects"] = orjson.dumps(client.tls_subjects).decode()
+    return record
+
+
+def _client(row) -> Client:  # noqa: ANN001 - a Row of clients_table
+    return Client(row.client_id, row.organization, row.role, row.secret_hash,
+                  orjson.loads(row.jwks) if row.jwks else None, orjson.loads(row.mllp_addresses),
+                  orjson.loads(row.tls_subjects), row.status, row.created, row.description)
 
 
 def _existing(clients: dict[str, Client], client_id: str) -> Client:

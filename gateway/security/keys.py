@@ -1,15 +1,14 @@
 """The gateway's own token-signing keys (ES384), with ``kid`` so they can be rotated.
 
-Kept in ``SIGNING_KEYS_FILE`` (default ``<DATA_DIR>/signing-keys.json``, mode 0600), shared by every
-gateway process on the machine and re-read when it changes. The newest key signs; the previous
+Kept in the database's ``signing_keys`` table, shared by every gateway process of a deployment
+and re-read when it changes (a key file an earlier release kept in ``DATA_DIR`` is imported once). The newest key signs; the previous
 ones still verify (and stay in the published JWKS) until they are rotated out, so tokens issued
 just before a rotation keep working for their few minutes. ``fhir-gateway keys rotate`` adds a key.
 """
 from __future__ import annotations
 
-import fcntl
+import logging
 import os
-import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
@@ -20,9 +19,15 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from gateway.security.tables import signing_keys
 
 ALGORITHM = "ES384"
 KEPT_KEYS = 3
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,16 +42,20 @@ class SigningKey:
 
 
 class SigningKeys:
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    """The ``signing_keys`` table, cached; re-read when its newest ``seq`` or row count changes."""
+
+    def __init__(self, engine: Engine, legacy_file: str | os.PathLike | None = None):
+        self.engine = engine
         self._lock = threading.Lock()
         self._keys: list[SigningKey] = []
         self._stamp: tuple[int, int] | None = None
+        if legacy_file is not None:
+            self._import(Path(legacy_file))
 
     def current(self) -> SigningKey:
         keys = self._load()
         if not keys:
-            self._edit(lambda existing: existing or [_new_key()])
+            self._add([_new_key()], only_if_none=True)
             keys = self._load()
         return keys[-1]
 
@@ -58,40 +67,60 @@ class SigningKeys:
         return {"keys": [k.public_jwk() for k in reversed(self._load())]}
 
     def rotate(self) -> SigningKey:
-        self._edit(lambda existing: (existing + [_new_key()])[-KEPT_KEYS:])
+        self._add([_new_key()])
         return self._load()[-1]
 
     def _load(self) -> list[SigningKey]:
-        try:
-            stat = self.path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
-        except FileNotFoundError:
-            return []
-        with self._lock:
-            if stamp != self._stamp:
-                self._keys = _parse(self.path.read_bytes())
-                self._stamp = stamp
-            return self._keys
+        with self.engine.connect() as conn:
+            stamp = tuple(conn.execute(_STAMP).one())
+            with self._lock:
+                if stamp != self._stamp:
+                    rows = conn.execute(select(signing_keys).order_by(signing_keys.c.seq)).all()
+                    self._keys = [SigningKey(r.kid, r.created, serialization.load_pem_private_key(
+                        r.private_pem.encode(), None)) for r in rows]
+                    self._stamp = stamp
+                return self._keys
 
-    def _edit(self, change) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    def _add(self, keys: list[SigningKey], only_if_none: bool = False) -> None:
+        """Appends keys and keeps the newest KEPT_KEYS, in one write transaction (SQLite: the write
+        lock; PostgreSQL: two rotations at once collide on the unique ``seq`` and the later one
+        is tried again)."""
+        for attempt in range(5):
             try:
-                existing = _parse(self.path.read_bytes()) if self.path.exists() else []
-                keys = change(existing)
-                if keys is existing:
-                    return
-                data = {"keys": [{"kid": k.kid, "created": k.created, "private_pem": k.private_key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption()).decode("ascii")} for k in keys]}
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".signing-keys-")
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, self.path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+                    newest = conn.execute(select(func.coalesce(func.max(signing_keys.c.seq), 0))).scalar_one()
+                    if only_if_none and newest:
+                        return                 # another process made the first key meanwhile
+                    conn.execute(insert(signing_keys), [
+                        {"kid": k.kid, "seq": newest + n, "created": k.created, "private_pem": _pem(k)}
+                        for n, k in enumerate(keys, start=1)])
+                    conn.execute(delete(signing_keys).where(signing_keys.c.seq <= newest + len(keys) - KEPT_KEYS))
+                return
+            except IntegrityError:
+                if attempt == 4:
+                    raise
+
+    def _import(self, path: Path) -> None:
+        """Keys an earlier release kept in a JSON file: imported once into an empty table, so the
+        tokens it signed still verify."""
+        if not path.is_file():
+            return
+        with self.engine.connect() as conn:
+            if conn.execute(_STAMP).one()[0]:
+                return
+        keys = _parse(path.read_bytes())
+        if keys:
+            self._add(keys, only_if_none=True)
+            log.info("%d signing keys imported from %s into the database; the file is no longer read",
+                     len(keys), path)
+
+
+_STAMP = select(func.count(), func.coalesce(func.max(signing_keys.c.seq), 0)).select_from(signing_keys)
+
+
+def _pem(key: SigningKey) -> str:
+    return key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()).decode("ascii")
 
 
 def _new_key() -> SigningKey:

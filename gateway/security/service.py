@@ -29,18 +29,33 @@ class Security:
 
     @classmethod
     def from_config(cls, config: dict, engine: Engine) -> "Security":
-        data_dir = Path(config["DATA_DIR"])
-        clients = ClientRegistry(config.get("CLIENTS_FILE") or data_dir / "clients.json")
-        keys = SigningKeys(config.get("SIGNING_KEYS_FILE") or data_dir / "signing-keys.json")
+        clients = ClientRegistry(engine, legacy_clients_file(config))
+        keys = SigningKeys(engine, legacy_keys_file(config))
         issuer = config.get("TOKEN_ISSUER") or (config.get("BASE_URL") or "").rstrip("/") or DEFAULT_ISSUER
         tokens = TokenService(clients, keys, engine, issuer, int(config.get("TOKEN_LIFETIME_SECONDS") or 300))
         return cls(config, clients, keys, tokens, AuditLog(engine, CANONICAL_BASE))
 
 
+def legacy_clients_file(config: dict) -> Path:
+    """Where an earlier release kept its clients: imported into an empty ``clients`` table."""
+    return Path(config.get("CLIENTS_FILE") or Path(config["DATA_DIR"]) / "clients.json")
+
+
+def legacy_keys_file(config: dict) -> Path:
+    return Path(config.get("SIGNING_KEYS_FILE") or Path(config["DATA_DIR"]) / "signing-keys.json")
+
+
+def _engine(config: dict) -> Engine:
+    from gateway.store.schema import make_engine
+    if config["DATABASE_URL"].startswith("sqlite:///"):
+        Path(config["DATABASE_URL"][len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return make_engine(config["DATABASE_URL"], config["SCHEMA_UPGRADE"])
+
+
 def clients_for_config(config: dict) -> ClientRegistry:
-    """The registry alone, for ``fhir-gateway clients`` (no database needed)."""
-    return ClientRegistry(config.get("CLIENTS_FILE") or Path(config["DATA_DIR"]) / "clients.json")
+    """The registry alone, for ``fhir-gateway clients`` (the database, without the rest of the gateway)."""
+    return ClientRegistry(_engine(config), legacy_clients_file(config))
 
 
 def keys_for_config(config: dict) -> SigningKeys:
-    return SigningKeys(config.get("SIGNING_KEYS_FILE") or Path(config["DATA_DIR"]) / "signing-keys.json")
+    return SigningKeys(_engine(config), legacy_keys_file(config))

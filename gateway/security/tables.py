@@ -1,10 +1,11 @@
-"""The security tables, on the store's shared ``metadata``: audit records and used assertion ids.
+"""The security tables, on the store's shared ``metadata``: audit records, used assertion ids, clients,
+signing keys and secrets.
 
 Created, like every table, by the schema migrations (gateway/store/migrations).
 """
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, String, Table
+from sqlalchemy import Column, Index, Integer, LargeBinary, String, Table, Text
 
 from gateway.store.content import StoredJson
 from gateway.store.schema import metadata
@@ -36,4 +37,39 @@ used_assertions = Table(
     Column("jti", String(255), primary_key=True),
     Column("expires_at", Integer, nullable=False),
     Index("ix_used_assertions_expiry", "expires_at"),
+)
+
+# ------------------------------------------------------------ shared by every process of a deployment
+# Registered clients, the token-signing keys and the gateway's own secrets live in the database, so
+# every process on every machine of a deployment honours the same clients, tokens, cursors and
+# console sessions without shared files (gateway/security/clients.py, keys.py, secrets.py).
+# ``changed``: a counter bumped by every edit, so a process sees an edit by another at its next look.
+clients = Table(
+    "clients", metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("organization", String(64), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("secret_hash", String(255)),                     # scrypt (gateway/security/secret_hash.py)
+    Column("jwks", Text),                                    # JSON: public keys for signed client assertions
+    Column("mllp_addresses", Text, nullable=False),         # JSON list of addresses / networks
+    Column("tls_subjects", Text, nullable=False),           # JSON list of certificate subject CNs
+    Column("status", String(16), nullable=False),           # active | revoked
+    Column("created", String(40), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("changed", Integer, nullable=False),
+)
+
+signing_keys = Table(
+    "signing_keys", metadata,
+    Column("kid", String(32), primary_key=True),
+    Column("seq", Integer, nullable=False, unique=True),    # the newest signs; order of creation
+    Column("created", String(40), nullable=False),
+    Column("private_pem", Text, nullable=False),
+)
+
+gateway_secrets = Table(
+    "gateway_secrets", metadata,
+    Column("name", String(64), primary_key=True),           # search-cursor, console-session
+    Column("value", LargeBinary, nullable=False),
+    Column("created", String(40), nullable=False),
 )

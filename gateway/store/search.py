@@ -20,14 +20,11 @@ with a fingerprint of the query, so it cannot be altered or replayed against ano
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import secrets
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import orjson
@@ -644,24 +641,6 @@ class CursorCodec:
         if not isinstance(values, list) or len(values) != key_count or not isinstance(last_id, str):
             raise SearchError("_cursor is malformed", "_cursor")
         return bool(data.get("b")), values, last_id
-
-
-def cursor_secret_file(path: Path) -> bytes:
-    """The cursor-signing key kept in ``path`` (made on first use, readable by the owner only), so
-    every process of one machine, and a restarted one, honours the cursors the others issued."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_hex(32).encode()
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:                  # another process made it first: use theirs
-        return path.read_bytes()
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(secret)
-    return secret
 
 
 def query_fingerprint(resource_type: str, criteria: list[SearchCriterion], sort: list[SortKey]) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import re
 import subprocess
 import sys
@@ -20,6 +21,12 @@ SECRET = re.compile(r"client_secret=(\S+)")
 def _env(data_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     return {**env, "GATEWAY_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO_ROOT)}
+
+
+def _clients(data_dir: Path) -> list[tuple]:
+    """The registered clients, as the embedded database holds them (_env keeps tests on SQLite)."""
+    with sqlite3.connect(data_dir / "gateway.db") as conn:
+        return conn.execute("SELECT * FROM clients ORDER BY client_id").fetchall()
 
 
 def _serve(tmp_path: Path, port: int, log: str) -> tuple[subprocess.Popen, Path]:
@@ -53,13 +60,13 @@ def test_a_second_serve_on_a_busy_port_changes_nothing_and_says_why(tmp_path):
     first, first_out = _serve(tmp_path, port, "first.log")
     try:
         secret = _started(first, first_out, port)
-        clients = (tmp_path / "var" / "clients.json").read_bytes()
+        clients = _clients(tmp_path / "var")
         second, second_out = _serve(tmp_path, port, "second.log")
         assert second.wait(60) == 2
         said = second_out.read_text()
         assert f"cannot listen for HTTP on 127.0.0.1:{port}" in said and "another gateway" in said
         assert "Traceback" not in said and "client_secret" not in said
-        assert (tmp_path / "var" / "clients.json").read_bytes() == clients
+        assert _clients(tmp_path / "var") == clients
         assert _token(port, secret).status_code == 200          # the first server's secret still works
     finally:
         first.terminate()
@@ -108,5 +115,5 @@ def test_data_dir_is_taken_before_or_after_the_subcommand(tmp_path):
                                "hospital"], env=_env(tmp_path / "default"), capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stderr
-        assert (tmp_path / where / "clients.json").is_file()
+        assert [row[0] for row in _clients(tmp_path / where)] == ["his-1"]
     assert not (tmp_path / "default").exists()

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import re
+
+from sqlalchemy import create_engine, text
 
 from conftest import served
 from gateway import create_app
 from gateway.cli import main
+from gateway.config import load_config
 from gateway.conformance_cli import main as conformance_main
 from gateway.security.cli import announce_demo_client
 
@@ -17,12 +19,21 @@ def _basic(client_id: str, secret: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
 
 
+def _table_text(data_dir, table: str) -> str:
+    """Everything a table holds, as text: what a copy of the database would give away."""
+    engine = create_engine(load_config({"DATA_DIR": str(data_dir)})["DATABASE_URL"])
+    with engine.connect() as conn:
+        held = repr(conn.execute(text(f"SELECT * FROM {table}")).all())
+    engine.dispose()
+    return held
+
+
 def test_clients_add_list_rotate_revoke(tmp_path, capsys):
     data = ["--data-dir", str(tmp_path)]
     assert main([*data, "clients", "add", "boao-his", "--organization", "BOAO_SUPER_HOSPITAL", "--role",
                  "hospital", "--mllp-address", "10.1.2.0/24"]) == 0
     secret = re.search(r"client_secret: (\S+)", capsys.readouterr().out).group(1)
-    assert secret not in (tmp_path / "clients.json").read_text()
+    assert secret not in _table_text(tmp_path, "clients") and "scrypt" in _table_text(tmp_path, "clients")
     assert main([*data, "clients", "add", "x", "--organization", "BAD CODE", "--role", "hospital"]) == 2
     assert "facility code" in capsys.readouterr().err
     assert main([*data, "clients", "list"]) == 0
@@ -40,7 +51,7 @@ def test_clients_add_list_rotate_revoke(tmp_path, capsys):
     assert main([*data, "clients", "revoke", "boao-his"]) == 0
     assert anonymous.post("/auth/token", data=form, headers=_basic("boao-his", new_secret)).status_code == 401
     assert main([*data, "keys", "rotate"]) == 0
-    assert len(json.loads((tmp_path / "signing-keys.json").read_text())["keys"]) == 2   # first token + rotated
+    assert len(create_app({"DATA_DIR": str(tmp_path)}).extensions["security"].keys.jwks()["keys"]) == 2  # first + rotated
 
 
 def test_the_demo_client_is_printed_outside_production_only(tmp_path):

@@ -406,13 +406,17 @@ def test_the_answer_does_not_depend_on_which_criterion_drives_the_query(store, q
     assert ids(store, "MedicationRequest", query) == expected
 
 
-def test_cursor_key_is_kept_in_the_data_directory_for_every_process(tmp_path):
+def test_cursor_key_is_kept_in_the_database_for_every_process(tmp_path, monkeypatch):
+    """Two gateways on one database (two machines: no data directory in common) honour each other's
+    cursors; a gateway on another database does not."""
     from gateway import create_app
-    first = create_app({"DATA_DIR": str(tmp_path), "TESTING": True}).extensions["gateway"].store
-    second = create_app({"DATA_DIR": str(tmp_path), "TESTING": True}).extensions["gateway"].store
+    monkeypatch.delenv("GATEWAY_DATABASE_URL", raising=False)
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = create_app({"DATA_DIR": str(tmp_path / "a"), "DATABASE_URL": shared, "TESTING": True}).extensions["gateway"].store
+    second = create_app({"DATA_DIR": str(tmp_path / "b"), "DATABASE_URL": shared, "TESTING": True}).extensions["gateway"].store
     token = first.cursors.encode("fingerprint", False, ["1980"], "p1")
     assert second.cursors.decode(token, "fingerprint", 1) == (False, ["1980"], "p1")
-    assert (tmp_path / "search-cursor.key").stat().st_mode & 0o777 == 0o600
+    assert not list(tmp_path.glob("*/search-cursor.key"))
     other = create_app({"DATA_DIR": str(tmp_path / "elsewhere"), "TESTING": True}).extensions["gateway"].store
     with pytest.raises(SearchError, match="altered"):
         other.cursors.decode(token, "fingerprint", 1)
