@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,7 @@ from gateway.security.secret_hash import hash_secret, new_secret, verify_secret
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ORGANIZATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 log = logging.getLogger(__name__)
+REFRESH_SECONDS = 2.0      # how stale a running process's view of another process's edits may be
 
 
 class ClientError(ValueError):
@@ -79,22 +81,26 @@ class Client:
 
 
 class ClientRegistry:
-    """The ``clients`` table, cached in memory: each look compares one counter (the table's row count
-    and highest ``changed``) and re-reads the rows only when another process, or this one, edited them,
-    so a revocation made anywhere is refused at the client's next request everywhere."""
+    """The ``clients`` table, cached in memory. A look at most ``REFRESH_SECONDS`` after the last one
+    uses the cache; a later one compares one counter (the row count and highest ``changed``) and
+    re-reads the rows only when an edit happened. So an edit made here counts at once, one made at
+    another process or machine within ``REFRESH_SECONDS`` (a request with a token already issued),
+    and issuing a token always looks afresh: a revoked or rotated secret gets no new token anywhere."""
 
     def __init__(self, engine: Engine, legacy_file: str | os.PathLike | None = None):
         self.engine = engine
         self._lock = threading.Lock()
         self._clients: dict[str, Client] = {}
         self._stamp: tuple[int, int] | None = None
+        self._looked = float("-inf")           # time.monotonic() of the last comparison
         if legacy_file is not None:
             self._import(Path(legacy_file))
 
     # ------------------------------------------------------------------ reading
 
     def get(self, client_id: str) -> Client | None:
-        return self._current().get(client_id)
+        """A client not in the cache is looked for afresh (registered a moment ago elsewhere)."""
+        return self._current().get(client_id) or self._current(fresh=True).get(client_id)
 
     def all(self) -> list[Client]:
         return sorted(self._current().values(), key=lambda c: c.client_id)
@@ -110,18 +116,26 @@ class ClientRegistry:
         return [c for c in self._current().values() if c.active and subject in c.tls_subjects]
 
     def authenticate_secret(self, client_id: str, secret: str) -> Client | None:
-        client = self.get(client_id)
+        client = self._current(fresh=True).get(client_id)
         if client is None or not client.active or not client.secret_hash:
             return None
         return client if verify_secret(secret, client.secret_hash) else None
 
-    def _current(self) -> dict[str, Client]:
+    def fresh(self, client_id: str) -> Client | None:
+        """``get`` after looking at the table now (issuing a token)."""
+        return self._current(fresh=True).get(client_id)
+
+    def _current(self, fresh: bool = False) -> dict[str, Client]:
+        now = time.monotonic()
+        if not fresh and now - self._looked < REFRESH_SECONDS:
+            return self._clients
         with self.engine.connect() as conn:
             stamp = tuple(conn.execute(_STAMP).one())
             with self._lock:
                 if stamp != self._stamp:
                     self._clients = {row.client_id: _client(row) for row in conn.execute(select(clients_table))}
                     self._stamp = stamp
+                self._looked = now
                 return self._clients
 
     # ------------------------------------------------------------------ changing
@@ -198,6 +212,7 @@ class ClientRegistry:
                     self_inner.conn.close()
                     with registry._lock:
                         registry._stamp = None          # read again at the next look
+                        registry._looked = float("-inf")
 
         return _Edit()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from gateway.security.tables import signing_keys
 
 ALGORITHM = "ES384"
 KEPT_KEYS = 3
+REFRESH_SECONDS = 2.0
 log = logging.getLogger(__name__)
 
 
@@ -42,13 +44,17 @@ class SigningKey:
 
 
 class SigningKeys:
-    """The ``signing_keys`` table, cached; re-read when its newest ``seq`` or row count changes."""
+    """The ``signing_keys`` table, cached: compared with the table (its newest ``seq`` and row count) at
+    most every ``REFRESH_SECONDS``, and at once when a token names a key not in the cache (made by
+    another process's rotation), so another process's new key signs here within that time and
+    verifies here at once."""
 
     def __init__(self, engine: Engine, legacy_file: str | os.PathLike | None = None):
         self.engine = engine
         self._lock = threading.Lock()
         self._keys: list[SigningKey] = []
         self._stamp: tuple[int, int] | None = None
+        self._looked = float("-inf")
         if legacy_file is not None:
             self._import(Path(legacy_file))
 
@@ -56,11 +62,12 @@ class SigningKeys:
         keys = self._load()
         if not keys:
             self._add([_new_key()], only_if_none=True)
-            keys = self._load()
+            keys = self._load(fresh=True)
         return keys[-1]
 
     def by_kid(self, kid: str) -> SigningKey | None:
-        return next((k for k in self._load() if k.kid == kid), None)
+        found = next((k for k in self._load() if k.kid == kid), None)
+        return found or next((k for k in self._load(fresh=True) if k.kid == kid), None)
 
     def jwks(self) -> dict:
         self.current()
@@ -70,7 +77,10 @@ class SigningKeys:
         self._add([_new_key()])
         return self._load()[-1]
 
-    def _load(self) -> list[SigningKey]:
+    def _load(self, fresh: bool = False) -> list[SigningKey]:
+        now = time.monotonic()
+        if not fresh and now - self._looked < REFRESH_SECONDS:
+            return self._keys
         with self.engine.connect() as conn:
             stamp = tuple(conn.execute(_STAMP).one())
             with self._lock:
@@ -79,6 +89,7 @@ class SigningKeys:
                     self._keys = [SigningKey(r.kid, r.created, serialization.load_pem_private_key(
                         r.private_pem.encode(), None)) for r in rows]
                     self._stamp = stamp
+                self._looked = now
                 return self._keys
 
     def _add(self, keys: list[SigningKey], only_if_none: bool = False) -> None:
@@ -95,6 +106,7 @@ class SigningKeys:
                         {"kid": k.kid, "seq": newest + n, "created": k.created, "private_pem": _pem(k)}
                         for n, k in enumerate(keys, start=1)])
                     conn.execute(delete(signing_keys).where(signing_keys.c.seq <= newest + len(keys) - KEPT_KEYS))
+                self._looked = float("-inf")       # this process sees its own change at once
                 return
             except IntegrityError:
                 if attempt == 4:

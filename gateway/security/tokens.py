@@ -126,7 +126,7 @@ class TokenService:
         if header.get("alg") not in ASSERTION_ALGORITHMS:
             raise AuthError("invalid_client", f"client assertions must be signed with RS384 or ES384, "
                                               f"not {header.get('alg')}")
-        client = self.clients.get(str(unverified.get("iss", "")))
+        client = self.clients.fresh(str(unverified.get("iss", "")))
         if client is None or not client.active or not client.jwks:
             raise AuthError("invalid_client", "the assertion's iss is not an active client with a registered JWKS")
         key = _key_for(client, header)
