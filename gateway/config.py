@@ -20,6 +20,8 @@ DEFAULTS: dict[str, Any] = {
     # a database behind this release's schema: "auto" upgrades it at start-up (one process does, under a
     # lock), "off" refuses to start until `fhir-gateway db upgrade` has run (gateway/store/migrations)
     "SCHEMA_UPGRADE": "auto",
+    # Bulk $export NDJSON files (empty = <DATA_DIR>/exports); with several machines, storage they all mount
+    "EXPORT_DIR": "",
     "HOST": "127.0.0.1",
     "PORT": 8080,
     # public base URL used in Bundle links and Location headers; empty means derived from the request
@@ -109,6 +111,8 @@ def load_config(overrides: Mapping[str, Any] | None = None, *, toml_path: str | 
     # absolute once, here: every later user (send_file resolves relative paths against the Flask app
     # root, open() against the working directory) then means the same directory
     config["DATA_DIR"] = os.path.abspath(os.path.expanduser(str(config["DATA_DIR"])))
+    if config.get("EXPORT_DIR"):
+        config["EXPORT_DIR"] = os.path.abspath(os.path.expanduser(str(config["EXPORT_DIR"])))
     if not config["DATABASE_URL"]:
         data_dir = Path(config["DATA_DIR"])
         config["DATABASE_URL"] = f"sqlite:///{(data_dir / 'gateway.db').as_posix()}"

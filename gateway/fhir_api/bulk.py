@@ -38,7 +38,8 @@ def export_jobs() -> ExportJobs:
     jobs = app.extensions.get("bulk_export")
     if jobs is None:
         gw = gateway_of_app()
-        jobs = ExportJobs(gw.store, gw.store.engine, Path(app.config["DATA_DIR"]) / "exports")
+        jobs = ExportJobs(gw.store, gw.store.engine, app.config.get("EXPORT_DIR")
+                          or Path(app.config["DATA_DIR"]) / "exports")
         app.extensions["bulk_export"] = jobs
     jobs.resume_unfinished()
     return jobs
@@ -167,8 +168,12 @@ def export_cancel(job_id: str) -> Response:
 def export_file(job_id: str, name: str) -> Response:
     job = _visible_job(job_id)
     path = export_jobs().file_path(job, name) if job is not None else None
-    if path is None or not path.is_file():
+    if path is None:
         return outcome_response(404, "not-found", f"no export file {name} for job {job_id}")
+    if not path.is_file():          # listed in the job's manifest, yet not in this process's EXPORT_DIR
+        return outcome_response(404, "not-found", f"export file {name} of job {job_id} is not in this gateway's "
+                                "EXPORT_DIR: the job ran at another machine; EXPORT_DIR must be storage every "
+                                "machine of the deployment mounts")
     return send_file(path, mimetype=NDJSON_MIME, conditional=True)
 
 

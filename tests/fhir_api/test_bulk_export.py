@@ -248,3 +248,23 @@ def _insert_job(gateway, job_id: str, owner: str | None = None, lease_until: flo
             id=job_id, status="accepted", kind="system", request_url=request.request_url,
             params=request.to_json(), transaction_time="2026-11-23T00:00:00.000Z", created_at=time.time(),
             progress="accepted", output=b"[]", owner=owner, lease_until=lease_until))
+
+
+def test_two_machines_share_export_files_through_export_dir_and_say_so_when_they_do_not(tmp_path, monkeypatch):
+    """A job run at machine A, downloaded at machine B (one database): with one EXPORT_DIR both
+    serve the file; with each its own, B names the setting instead of a bare 404."""
+    from tests.security.credentials import authenticated
+    monkeypatch.delenv("GATEWAY_DATABASE_URL", raising=False)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    shared = {"DATABASE_URL": url, "TESTING": True, "EXPORT_DIR": str(tmp_path / "mounted")}
+    a = create_app({**shared, "DATA_DIR": str(tmp_path / "a")})
+    b = create_app({**shared, "DATA_DIR": str(tmp_path / "b")})
+    lonely = create_app({"DATABASE_URL": url, "TESTING": True, "DATA_DIR": str(tmp_path / "c")})
+    seed_patients(a.extensions["gateway"], 3)
+    at_a, at_b, at_c = (authenticated(app, "admin") for app in (a, b, lonely))
+    status, manifest = finish(at_a, kick_off(at_a, "/fhir/$export?_type=Patient"))
+    assert status == 200
+    path = manifest["output"][0]["url"].replace("http://localhost", "")
+    assert len(lines(at_b, manifest["output"][0]["url"])) == 3
+    missing = at_c.get(path)
+    assert missing.status_code == 404 and "EXPORT_DIR" in missing.get_json()["issue"][0]["diagnostics"]
