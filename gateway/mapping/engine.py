@@ -50,6 +50,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 
+from gateway.filecache import cached_while_files_unchanged
 from gateway.hl7v2 import Hl7Error
 from gateway.mapping import cardinality
 from gateway.mapping.checks import at, check_arguments, check_condition, file_and_line, relocate, terminology_problems
@@ -693,6 +694,7 @@ class MappingSet:
                 self.by_message_type[message_type] = spec
 
     @classmethod
+    @cached_while_files_unchanged
     def load(cls, directory: str | Path) -> "MappingSet":
         """Every mapping in ``directory``; a MappingError listing every mistake (``file:line: message``)
         when any file has one, so the gateway refuses to start on a broken mapping."""

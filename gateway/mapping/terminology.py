@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.filecache import cached_while_files_unchanged
 from gateway.yamlfile import load_yaml
 
 _HL7_TABLE = re.compile(r"^HL7(\d{4})$")
@@ -38,6 +39,7 @@ class Terminology:
         default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
+    @cached_while_files_unchanged
     def load(cls, mappings_dir: str | Path) -> "Terminology":
         mappings_dir = Path(mappings_dir)
         systems = load_yaml(mappings_dir / "code_systems.yaml")

@@ -1,6 +1,7 @@
 """The security parts wired together once from configuration (like ``gateway.runtime.Gateway``)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from gateway.security.tokens import TokenService
 
 CANONICAL_BASE = "https://lecheng-fhir-gateway.org/fhir"
 DEFAULT_ISSUER = "urn:lecheng-fhir-gateway"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,7 +35,21 @@ class Security:
         keys = SigningKeys(engine, legacy_keys_file(config))
         issuer = config.get("TOKEN_ISSUER") or (config.get("BASE_URL") or "").rstrip("/") or DEFAULT_ISSUER
         tokens = TokenService(clients, keys, engine, issuer, int(config.get("TOKEN_LIFETIME_SECONDS") or 300))
-        return cls(config, clients, keys, tokens, AuditLog(engine, CANONICAL_BASE))
+        security = cls(config, clients, keys, tokens, AuditLog(engine, CANONICAL_BASE))
+        if security.production:
+            _revoke_demo_client(clients)
+        return security
+
+
+def _revoke_demo_client(clients: ClientRegistry) -> None:
+    """Clients live in the database: a development gateway once started on the database production
+    now uses left its demo admin client there. Production never honours it."""
+    from gateway.security.cli import DEMO_CLIENT_ID
+    demo = clients.fresh(DEMO_CLIENT_ID)
+    if demo is not None and demo.active:
+        clients.revoke(DEMO_CLIENT_ID)
+        log.warning("revoked the demo client %s, left in this database by a gateway outside production",
+                    DEMO_CLIENT_ID)
 
 
 def legacy_clients_file(config: dict) -> Path:

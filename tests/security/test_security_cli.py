@@ -67,7 +67,24 @@ def test_the_demo_client_is_printed_outside_production_only(tmp_path):
     production = create_app({"DATA_DIR": str(tmp_path / "prod"), "ENVIRONMENT": "production"})
     out = io.StringIO()
     assert announce_demo_client(production, out) is None and out.getvalue() == ""
-    assert production.extensions["security"].clients.get("demo-admin") is None
+    demo = production.extensions["security"].clients.get("demo-admin")
+    assert demo is None or not demo.active          # the dev gateway's one, if they share a database: revoked
+    refused = production.test_client().post("/auth/token", data={"grant_type": "client_credentials"},
+                                            headers=_basic("demo-admin", secret))
+    assert refused.status_code == 401
+
+
+def test_production_revokes_a_demo_client_a_development_gateway_left_in_its_database(tmp_path, monkeypatch):
+    monkeypatch.delenv("GATEWAY_DATABASE_URL", raising=False)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    development = create_app({"DATA_DIR": str(tmp_path / "dev"), "DATABASE_URL": url})
+    secret = announce_demo_client(development, io.StringIO())
+    production = create_app({"DATA_DIR": str(tmp_path / "prod"), "DATABASE_URL": url, "ENVIRONMENT": "production"})
+    assert production.extensions["security"].clients.get("demo-admin").status == "revoked"
+    for app in (production, development):          # the revocation holds for both
+        response = app.test_client().post("/auth/token", data={"grant_type": "client_credentials"},
+                                          headers=_basic("demo-admin", secret))
+        assert response.status_code == 401
 
 
 def test_serve_still_refuses_a_public_address_outside_production(tmp_path, capsys):
