@@ -306,6 +306,7 @@ def preload(data_dir: Path, total: int) -> None:
     from gateway.config import load_config
     from gateway.runtime import Gateway
     from gateway.store import new_resource_id, schema
+    from gateway.store.content import deflate
     from gateway.store.search_parameters import index_rows
 
     gateway = Gateway.from_config(load_config({"DATA_DIR": str(data_dir)}))
@@ -317,7 +318,7 @@ def preload(data_dir: Path, total: int) -> None:
             res_type, res_id = ref.split("/")[:2]
             row = conn.execute(schema.resources.select().where(schema.resources.c.res_type == res_type,
                                                                schema.resources.c.res_id == res_id)).first()
-            return json.loads(row.content)
+            return json.loads(row.content)          # the column type inflates it
         template_order = content(next(r for r in result_resources(gateway, result.log_id)
                                       if r.startswith("MedicationRequest/")))
         template_provenance = json.loads(conn.execute(schema.resources.select().where(
@@ -342,7 +343,7 @@ def preload(data_dir: Path, total: int) -> None:
         batches.setdefault(name, []).append(row)
 
     def store(resource: dict, stamp: str) -> None:
-        body = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode()
+        body = deflate(json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode())   # as stored
         row = {"res_type": resource["resourceType"], "res_id": resource["id"], "version_id": 1,
                "last_updated": stamp, "deleted": False, "content": body}
         owner = (resource.get("meta", {}).get("tag") or [{}])[0].get("code")
@@ -470,6 +471,12 @@ def main() -> None:
     stores = [("empty", 0)] + ([(f"{args.stored:,} orders", args.stored)] if args.stored else [])
     configurations = [(label, stored, int(n)) for label, stored in stores for n in args.processes.split(",")]
     try:
+        if args.stored:      # empty and preloaded stores alternate round by round (A, B, A, B): one machine state
+            for round_ in range(args.rounds):
+                for label, stored, processes in configurations:
+                    run_store(args, label, stored, processes, concurrencies, transports, postgres, rounds=1,
+                              round_label=round_ + 1)
+            return
         for label, stored, processes in configurations:
             run_store(args, label, stored, processes, concurrencies, transports, postgres)
     finally:
@@ -478,7 +485,7 @@ def main() -> None:
 
 
 def run_store(args, label: str, stored: int, processes: int, concurrencies: list[int], transports: list[str],
-              postgres) -> None:
+              postgres, rounds: int | None = None, round_label: int | None = None) -> None:
     """One store (empty or preloaded) served by ``processes`` processes: every transport and concurrency."""
     label = f"{label} {args.database} x{processes}"
     database_url = postgres.new_database() if postgres is not None else None
@@ -501,13 +508,13 @@ def run_store(args, label: str, stored: int, processes: int, concurrencies: list
     for transport in transports:
         for c in concurrencies:
             port = server.port if transport == "http" else server.mllp_port
-            for round_ in range(args.rounds):
+            for round_ in range(rounds or args.rounds):
                 r = load_run(transport, port, server.token, "G", first, args.messages, c, server)
                 first += args.messages
                 sent += r["messages"]
                 peer = peer_rate(args.peer_messages)
                 ratio = f"{r['rate'] / peer:.1f}x" if peer else "n/a"
-                print(f"{label:>16} {transport:4} c={c:<3} round {round_ + 1}: {r['rate']:6.0f} msg/s "
+                print(f"{label:>16} {transport:4} c={c:<3} round {round_label or round_ + 1}: {r['rate']:6.0f} msg/s "
                       f"(AA {r['ok']}/{r['messages']})  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
                       f"server CPU {r['cpu_ms_per_msg']:.2f} ms/msg  load {r['load']:.1f} | "
                       f"peer {peer or float('nan'):.0f} msg/s, ratio {ratio}"
