@@ -34,16 +34,20 @@ class Security:
         clients = ClientRegistry(engine, legacy_clients_file(config))
         keys = SigningKeys(engine, legacy_keys_file(config))
         issuer = config.get("TOKEN_ISSUER") or (config.get("BASE_URL") or "").rstrip("/") or DEFAULT_ISSUER
-        tokens = TokenService(clients, keys, engine, issuer, int(config.get("TOKEN_LIFETIME_SECONDS") or 300))
+        production = str(config.get("ENVIRONMENT", "")).lower() == "production"
+        from gateway.security.cli import DEMO_CLIENT_ID
+        tokens = TokenService(clients, keys, engine, issuer, int(config.get("TOKEN_LIFETIME_SECONDS") or 300),
+                              refused_clients=frozenset({DEMO_CLIENT_ID}) if production else frozenset())
         security = cls(config, clients, keys, tokens, AuditLog(engine, CANONICAL_BASE))
-        if security.production:
+        if production:
             _revoke_demo_client(clients)
         return security
 
 
 def _revoke_demo_client(clients: ClientRegistry) -> None:
     """Clients live in the database: a development gateway once started on the database production
-    now uses left its demo admin client there. Production never honours it."""
+    now uses left its demo admin client there. Production revokes it, and its token service refuses
+    it even if a development gateway on that database makes it again later."""
     from gateway.security.cli import DEMO_CLIENT_ID
     demo = clients.fresh(DEMO_CLIENT_ID)
     if demo is not None and demo.active:

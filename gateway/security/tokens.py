@@ -65,8 +65,10 @@ class TokenGrant:
 
 
 class TokenService:
-    def __init__(self, clients: ClientRegistry, keys: SigningKeys, engine: Engine, issuer: str, lifetime: int):
+    def __init__(self, clients: ClientRegistry, keys: SigningKeys, engine: Engine, issuer: str, lifetime: int,
+                 refused_clients: frozenset[str] = frozenset()):
         self.clients = clients
+        self.refused_clients = refused_clients     # never honoured here, whatever the registry says (production: the demo client)
         self.keys = keys
         self.engine = engine
         self.issuer = issuer
@@ -88,6 +90,8 @@ class TokenService:
         else:
             raise AuthError("invalid_client", "no client authentication: send a signed client_assertion "
                                               "(private_key_jwt) or HTTP Basic client_id:client_secret")
+        if client.client_id in self.refused_clients:
+            raise AuthError("invalid_client", f"client {client.client_id} is not honoured by this gateway")
         try:
             permissions = grant(client.role, form.get("scope"))
         except ScopeError as exc:
@@ -165,7 +169,7 @@ class TokenService:
                 self._verified.clear()
             self._verified[token] = claims
         client = self.clients.get(claims["sub"])
-        if client is None or not client.active:
+        if client is None or not client.active or client.client_id in self.refused_clients:
             raise AuthError("invalid_token", "the token's client is revoked or no longer registered")
         if client.organization != claims.get("organization") or client.role != claims.get("role"):
             raise AuthError("invalid_token", "the client's registration changed since this token was issued")

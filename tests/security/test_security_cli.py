@@ -85,6 +85,18 @@ def test_production_revokes_a_demo_client_a_development_gateway_left_in_its_data
         response = app.test_client().post("/auth/token", data={"grant_type": "client_credentials"},
                                           headers=_basic("demo-admin", secret))
         assert response.status_code == 401
+    again = announce_demo_client(development, io.StringIO())    # the development gateway makes it anew
+    assert _token_status(development, again) == 200
+    assert _token_status(production, again) == 401             # production still refuses it
+    token = development.test_client().post("/auth/token", data={"grant_type": "client_credentials"},
+                                           headers=_basic("demo-admin", again)).get_json()["access_token"]
+    at_production = production.test_client().get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
+    assert at_production.status_code == 401                    # and the token the development one issued
+
+
+def _token_status(app, secret: str) -> int:
+    return app.test_client().post("/auth/token", data={"grant_type": "client_credentials"},
+                                  headers=_basic("demo-admin", secret)).status_code
 
 
 def test_serve_still_refuses_a_public_address_outside_production(tmp_path, capsys):

@@ -105,3 +105,37 @@ def test_a_data_directory_from_an_earlier_release_is_imported_once(tmp_path, sha
     assert again.extensions["security"].clients.get("his-old") is not None
     assert [k["kid"] for k in again.extensions["security"].keys.jwks()["keys"]] == ["oldkid0000000001"]
     assert again.extensions["gateway"].store.cursors.decode(old_cursor, "fingerprint", 1)[2] == "p1"
+
+
+def test_processes_making_the_first_key_and_rotating_at_once_keep_a_consistent_key_set(tmp_path, shared_url):
+    """Four registries (four processes) on one empty table: the first key is made once, or made twice
+    and both kept, never an error; rotations at once each add a key and the newest three stay."""
+    import threading
+    from gateway.security.keys import KEPT_KEYS, SigningKeys
+    from gateway.store.schema import make_engine
+    engines = [make_engine(shared_url) for _ in range(4)]
+    registries = [SigningKeys(engine) for engine in engines]
+    barrier = threading.Barrier(len(registries))
+    errors: list[BaseException] = []
+
+    def first_then_rotate(keys: SigningKeys) -> None:
+        try:
+            barrier.wait()
+            keys.current()
+            barrier.wait()
+            keys.rotate()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_then_rotate, args=(keys,)) for keys in registries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    fresh = SigningKeys(engines[0])
+    kids = [key["kid"] for key in fresh.jwks()["keys"]]
+    assert len(kids) == KEPT_KEYS == len(set(kids))
+    assert all(keys._load(fresh=True)[-1].kid == kids[0] for keys in registries)   # one newest key for all
+    for engine in engines:
+        engine.dispose()
