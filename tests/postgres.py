@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 READY = 2          # template copies made ahead of the tests that will ask for them
+MAX_DOOMED = 40    # finished tests' databases not yet dropped (about 8 MB each) before drops come first
 BIN_DIRS = [Path("/usr/lib/postgresql/15/bin"), *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]
 
 
@@ -112,18 +113,18 @@ class PostgresServer:
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user=gateway dbname=postgres",
                              autocommit=True) as conn:
             while not self._stopping.is_set():
-                try:
-                    doomed = self._doomed.get_nowait()
-                except queue.Empty:
-                    doomed = None
-                if doomed is not None:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{doomed}" WITH (FORCE)')
-                elif self._ready.qsize() < READY and self._template:
+                # a test waiting for its database comes first; drops wait unless too many pile up
+                if self._ready.qsize() < READY and self._template and self._doomed.qsize() < MAX_DOOMED:
                     name = "t_" + uuid.uuid4().hex[:16]
                     conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
                     self._ready.put(name)
-                else:
+                    continue
+                try:
+                    doomed = self._doomed.get_nowait()
+                except queue.Empty:
                     self._stopping.wait(0.02)
+                    continue
+                conn.execute(f'DROP DATABASE IF EXISTS "{doomed}" WITH (FORCE)')
 
     def _schema_template(self) -> str:
         if not self._template:

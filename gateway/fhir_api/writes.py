@@ -239,8 +239,11 @@ class FhirWriter:
         current = tx.current_version(request.resource_type, resource_id)
         warnings = self._validate(resource, where)
         stored = tx.update(resource, _version_of(request.if_match))
-        created = current is None or current[1]
-        written.append((None, stored, "create" if current is None else "update"))
+        # from what was written, not from ``current``: on PostgreSQL another PUT of a new id may commit
+        # between that read and the write, which then (rightly) stores version 2 of its resource
+        first = stored["meta"]["versionId"] == "1"
+        created = first or (current is not None and current[1])
+        written.append((None, stored, "create" if first else "update"))
         return _result(201 if created else 200, stored, warnings)
 
     def _delete(self, tx: StoreTransaction, request: WriteRequest, written: list) -> WriteResult:
@@ -252,6 +255,8 @@ class FhirWriter:
                 raise WriteError(412, "conflict", f"{request.resource_type}/{request.resource_id} is deleted")
             return WriteResult(204, request.resource_type, request.resource_id)
         version = tx.delete(request.resource_type, request.resource_id, _version_of(request.if_match))
+        if version is None:     # deleted by another request between the read above and this write
+            return WriteResult(204, request.resource_type, request.resource_id)
         stub = {"resourceType": request.resource_type, "id": request.resource_id,
                 "meta": {"versionId": str(version)}}
         written.append((None, stub, "delete"))

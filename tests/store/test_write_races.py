@@ -109,6 +109,20 @@ def test_two_puts_of_one_resource_give_consecutive_versions_never_500(both_store
         assert _versions(both_stores_app, "Patient", res_id) == [1, 2]
 
 
+def test_two_deletes_at_once_are_both_204_and_one_delete_version(both_stores_app):
+    """The second finds the resource deleted meanwhile: 204 (deleting again changes nothing), never
+    a second history entry or a delivery of version "None"."""
+    admin = authenticated(both_stores_app, "admin")
+    for n in range(ROUNDS):
+        created = admin.post("/fhir/Patient", json=_patient(f"RACE-DEL-{n}"), content_type=FHIR_JSON).get_json()
+        path = f"/fhir/Patient/{created['id']}"
+        answers = together(lambda: admin.delete(path), lambda: admin.delete(path))
+        assert [a.status_code for a in answers] == [204, 204], [a.get_data(as_text=True) for a in answers]
+        assert _versions(both_stores_app, "Patient", created["id"]) == [1, 2]
+        history = admin.get(f"{path}/_history").get_json()
+        assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "POST"]
+
+
 def test_if_match_twice_is_200_and_412(both_stores_app):
     admin = authenticated(both_stores_app, "admin")
     for n in range(ROUNDS):
