@@ -110,11 +110,29 @@ def _store_backend(request, monkeypatch):
     if os.environ.get("GATEWAY_TEST_STORE", "sqlite") != "postgresql" or os.environ.get("GATEWAY_DATABASE_URL"):
         yield
         return
+    if _store_free(request.node):
+        # a parser or validator unit test: no database to make and drop (0.2 s each, 700 tests);
+        # one that makes a gateway after all fails loudly here instead of quietly using SQLite
+        monkeypatch.setenv("GATEWAY_DATABASE_URL", "postgresql+psycopg://store-free-test@127.0.0.1:1/none")
+        yield
+        return
     server = request.getfixturevalue("postgres_server")
     url = server.new_database(with_schema=True)
     monkeypatch.setenv("GATEWAY_DATABASE_URL", url)      # monkeypatch puts it back after the test
     yield
     server.drop_database(url)
+
+
+# unit tests of parsing and validation: they never make a gateway (tests/test_store_free.py checks
+# that the list stays true); test_r4_independent runs the CLI, which does
+STORE_FREE_DIRECTORIES = ("hl7v2", "validation")
+STORE_USING_FILES = ("test_r4_independent.py",)
+
+
+def _store_free(item) -> bool:
+    path = Path(str(item.fspath))
+    return path.parent.name in STORE_FREE_DIRECTORIES and path.parent.parent == Path(__file__).parent \
+        and path.name not in STORE_USING_FILES
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -237,6 +237,25 @@ def matchable_conditions(res_type_col, res_id_col, resource_type: str | None = N
     return [_owned_by(sender, res_type_col, res_id_col)]
 
 
+def matchable_owner(resource_type: str | None = None, purpose: str = "change") -> tuple[str, str | None]:
+    """:func:`matchable_conditions` said as data, for statements built once: ("any", None) = no
+    restriction, ("owned", organization) = what that organization owns, ("scoped", None) = a FHIR
+    API caller's visibility (build the conditions with matchable_conditions)."""
+    if _scope.get() is not None:
+        return "scoped", None
+    sender = _sender.get()
+    if _operator.get() or sender is None:
+        return "any", None
+    if purpose != "change" and resource_type in _DISPENSED_TYPES and resource_type in _dispensed_by(sender):
+        return "any", None
+    return "owned", sender
+
+
+def owned_by(organization, res_type_col, res_id_col):
+    """The row's resource is owned by ``organization`` (a value or a bindparam)."""
+    return _owned_by(organization, res_type_col, res_id_col)
+
+
 def _routed_any(scope: AccessScope, res_type_col, res_id_col):
     """Routed rows of any type (system-level history): routing's query per type, ORed."""
     return or_(false(), *[and_(res_type_col == t, res_id_col.in_(scope.routed(scope.organization, t)))

@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from hashlib import blake2b
 from random import getrandbits, uniform
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -163,6 +164,16 @@ class StoreTransaction:
         may match (its organization's: gateway/store/access.py)."""
         if not tokens:
             return []
+        kind, owner = access.matchable_owner(resource_type, purpose)
+        if kind != "scoped" and all(system is not None for system, _value in tokens):
+            params = {"rt": resource_type, "param": param, **({"owner": owner} if kind == "owned" else {}),
+                      **{f"s{i}": system for i, (system, _value) in enumerate(tokens)},
+                      **{f"c{i}": value for i, (_system, value) in enumerate(tokens)}}
+            if len(tokens) > 1:
+                params["codes"] = sorted({value for _system, value in tokens})
+            query = _identifier_query(len(tokens), kind == "owned")
+            return [_load(row.content) for row in
+                    self._found_or_claimed(query, _identity_keys(resource_type, tokens), params)]
         t = schema.idx_token
         matches = schema.token_match(tokens)
         ids = select(t.c.res_id).where(t.c.res_type == resource_type, t.c.param == param, matches).distinct()
@@ -172,17 +183,17 @@ class StoreTransaction:
             *access.matchable_conditions(r.c.res_type, r.c.res_id, resource_type, purpose))
         return [_load(row.content) for row in self._found_or_claimed(query, _identity_keys(resource_type, tokens))]
 
-    def _found_or_claimed(self, query, keys: list[str]) -> list:
+    def _found_or_claimed(self, query, keys: list[str], params: dict | None = None) -> list:
         """Rows of a lookup a write decides on. Found: what it found (a record that exists is
         changed under its version's primary key, so no claim is needed, and messages naming the
         same hospital or prescriber never queue behind each other). Not found: the identities are
         claimed and the lookup made again, so of two writers about to create the same record the
         second waits and then finds the first's."""
-        rows = self.conn.execute(query).all()
+        rows = self.conn.execute(query, params).all()
         if rows or self.conn.dialect.name != "postgresql":
             return rows
         self.claim(keys)
-        return self.conn.execute(query).all()
+        return self.conn.execute(query, params).all()
 
     def create(self, resource: dict) -> dict:
         resource = dict(resource)
@@ -309,6 +320,21 @@ _SUPERSEDE = update(schema.resource_versions).where(
     schema.resources.c.res_id == bindparam("res_id_")).scalar_subquery())
 _UNINDEX_STATEMENTS = [delete(t).where(t.c.res_type == bindparam("res_type_"), t.c.res_id == bindparam("res_id_"))
                        for t in schema.INDEX_TABLES.values()]
+
+
+@lru_cache(maxsize=32)
+def _identifier_query(count: int, owned: bool):
+    """find_by_identifier's lookup for ``count`` (system, value) pairs, built once with bind
+    parameters (rt, param, s0.., c0.., codes, owner): building it per lookup, access conditions
+    included, was about a tenth of a message's time. Same SQL as schema.token_match writes."""
+    t, r = schema.idx_token, schema.resources
+    pairs = [and_(t.c.system == bindparam(f"s{i}"), t.c.code == bindparam(f"c{i}")) for i in range(count)]
+    match = pairs[0] if count == 1 else and_(t.c.code.in_(bindparam("codes", expanding=True)), or_(*pairs))
+    ids = select(t.c.res_id).where(t.c.res_type == bindparam("rt"), t.c.param == bindparam("param"), match).distinct()
+    conditions = [r.c.res_type == bindparam("rt"), r.c.res_id.in_(ids), r.c.deleted.is_(False)]
+    if owned:
+        conditions.append(access.owned_by(bindparam("owner"), r.c.res_type, r.c.res_id))
+    return select(r.c.content).where(*conditions)
 
 
 # one statement for all of a claim's locks, taken in the order given (sorted, so claims never deadlock)

@@ -13,7 +13,7 @@ from conftest import SAMPLES
 from gateway.config import REPO_ROOT
 from gateway.hl7v2 import parse_message
 from gateway.mapping.engine import MappingSpec
-from golden import TERMINOLOGY, ZONE, assert_matches_expected, stable_resources
+from tests.mapping.golden import TERMINOLOGY, ZONE, assert_matches_expected, stable_resources   # also imported from tests/ingest
 
 SPECS = {name: MappingSpec.from_file(REPO_ROOT / "mappings" / f"{name}.yaml")
          for name in ("pex_p07", "oru_r01", "rds_o13")}
