@@ -38,13 +38,15 @@ knows about tokens or roles:
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import and_, exists, false, or_, select
+from sqlalchemy import and_, bindparam, exists, false, or_, select
 
 from gateway.store import schema
 
@@ -409,15 +411,30 @@ def claimed_elsewhere(conn, resource_type: str, tokens: list[tuple[str, str]], o
     """Which of ``tokens`` a current ``resource_type`` of another organization than ``organization`` carries."""
     if not tokens or resource_type in PER_ORGANIZATION_COPIES:
         return []
-    t, r = schema.idx_token, schema.resources
-    conditions = [t.c.res_type == resource_type, t.c.param == "identifier",
-                  schema.token_match(tokens),
-                  r.c.res_type == t.c.res_type, r.c.res_id == t.c.res_id, r.c.deleted.is_(False),
-                  or_(r.c.owner.is_(None), r.c.owner != organization) if organization else r.c.owner.isnot(None)]
+    params = {"rt": resource_type, **{f"s{i}": system for i, (system, _value) in enumerate(tokens)},
+              **{f"c{i}": value for i, (_system, value) in enumerate(tokens)}}
+    if len(tokens) > 1:
+        params["codes"] = sorted({value for _system, value in tokens})
+    if organization:
+        params["organization"] = organization
     if except_id is not None:
-        conditions.append(r.c.res_id != except_id)
-    rows = conn.execute(select(t.c.system, t.c.code).where(*conditions).distinct()).all()
+        params["except_id"] = except_id
+    rows = conn.execute(_claimed_query(len(tokens), bool(organization), except_id is not None), params).all()
     return sorted((row.system, row.code) for row in rows)
+
+
+@lru_cache(maxsize=64)
+def _claimed_query(count: int, by_organization: bool, except_one: bool):
+    """claimed_elsewhere's statement, built once per shape and run with bind parameters (building it
+    per message was 6% of a message's time)."""
+    t, r = schema.idx_token, schema.resources
+    conditions = [t.c.res_type == bindparam("rt"), t.c.param == "identifier", schema.token_pairs_match(count),
+                  r.c.res_type == t.c.res_type, r.c.res_id == t.c.res_id, r.c.deleted.is_(False),
+                  or_(r.c.owner.is_(None), r.c.owner != bindparam("organization")) if by_organization
+                  else r.c.owner.isnot(None)]
+    if except_one:
+        conditions.append(r.c.res_id != bindparam("except_id"))
+    return select(t.c.system, t.c.code).where(*conditions).distinct()
 
 
 def _stamp(resource: dict, owner: str | None) -> None:

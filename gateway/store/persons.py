@@ -16,6 +16,7 @@ the route (HL7, documents, FHIR), because :class:`~gateway.store.resources.Store
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -65,13 +66,22 @@ def link_patient(tx: "StoreTransaction", patient: dict) -> dict | None:
         return tx.update(updated)
 
 
+@lru_cache(maxsize=8)
+def _persons_query(count: int):
+    """The Persons carrying any of ``count`` identifiers, built once (bind parameters s0, c0, ...)."""
+    t, r = schema.idx_token, schema.resources
+    ids = select(t.c.res_id).where(t.c.res_type == "Person", t.c.param == "identifier", schema.token_pairs_match(count))
+    return select(r.c.content, r.c.last_updated, r.c.res_id).where(
+        r.c.res_type == "Person", r.c.res_id.in_(ids), r.c.deleted.is_(False))
+
+
 def _persons_with(tx: "StoreTransaction", tokens: list[tuple[str, str]]) -> list[dict]:
     tx.claim_identifiers("Person", tokens)        # two hospitals' first Patients of one person: one Person
-    t, r = schema.idx_token, schema.resources
-    ids = select(t.c.res_id).where(t.c.res_type == "Person", t.c.param == "identifier",
-                                   schema.token_match(tokens))
+    params = {**{f"s{i}": system for i, (system, _value) in enumerate(tokens)},
+              **{f"c{i}": value for i, (_system, value) in enumerate(tokens)}}
+    if len(tokens) > 1:
+        params["codes"] = sorted({value for _system, value in tokens})
     # ordered here, not in SQL: ORDER BY last_updated made SQLite walk every Person through that index
-    rows = tx.conn.execute(select(r.c.content, r.c.last_updated, r.c.res_id).where(
-        r.c.res_type == "Person", r.c.res_id.in_(ids), r.c.deleted.is_(False))).all()
+    rows = tx.conn.execute(_persons_query(len(tokens)), params).all()
     from gateway.store.resources import _load
     return [_load(row.content) for row in sorted(rows, key=lambda row: (row.last_updated, row.res_id))]

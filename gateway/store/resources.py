@@ -328,9 +328,8 @@ def _identifier_query(count: int, owned: bool):
     parameters (rt, param, s0.., c0.., codes, owner): building it per lookup, access conditions
     included, was about a tenth of a message's time. Same SQL as schema.token_match writes."""
     t, r = schema.idx_token, schema.resources
-    pairs = [and_(t.c.system == bindparam(f"s{i}"), t.c.code == bindparam(f"c{i}")) for i in range(count)]
-    match = pairs[0] if count == 1 else and_(t.c.code.in_(bindparam("codes", expanding=True)), or_(*pairs))
-    ids = select(t.c.res_id).where(t.c.res_type == bindparam("rt"), t.c.param == bindparam("param"), match).distinct()
+    ids = select(t.c.res_id).where(t.c.res_type == bindparam("rt"), t.c.param == bindparam("param"),
+                                   schema.token_pairs_match(count)).distinct()
     conditions = [r.c.res_type == bindparam("rt"), r.c.res_id.in_(ids), r.c.deleted.is_(False)]
     if owned:
         conditions.append(access.owned_by(bindparam("owner"), r.c.res_type, r.c.res_id))

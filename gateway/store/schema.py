@@ -5,7 +5,7 @@ SQLAlchemy Core so the same code runs on the embedded SQLite file and on Postgre
 from __future__ import annotations
 
 from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, and_, case, create_engine, event, func, or_, select)
+                        UniqueConstraint, and_, bindparam, case, create_engine, event, func, or_, select)
 from sqlalchemy.engine import Engine
 
 from gateway.store.content import StoredJson
@@ -87,6 +87,16 @@ def token_match(tokens: "list[tuple[str | None, str]]"):
     if len(pairs) == 1:
         return pairs[0]
     return and_(idx_token.c.code.in_(sorted({code for _system, code in tokens})), or_(*pairs))
+
+
+def token_pairs_match(count: int):
+    """:func:`token_match` for ``count`` pairs as bind parameters (s0, c0, ...; ``codes``: the distinct
+    codes, expanding), for statements built once."""
+    pairs = [and_(idx_token.c.system == bindparam(f"s{i}"), idx_token.c.code == bindparam(f"c{i}"))
+             for i in range(count)]
+    if count == 1:
+        return pairs[0]
+    return and_(idx_token.c.code.in_(bindparam("codes", expanding=True)), or_(*pairs))
 
 
 INDEX_TABLES = {"token": idx_token, "string": idx_string, "date": idx_date, "reference": idx_reference}
