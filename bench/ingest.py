@@ -76,7 +76,9 @@ def order(tag: str, i: int) -> bytes:
     base = SAMPLE.read_bytes() if not hasattr(order, "base") else order.base
     order.base = base
     authored = (START + timedelta(minutes=i)).strftime("%Y%m%d%H%M%S").encode()
-    patient = i % PATIENTS
+    # tag N ("new patients"): patients the preloaded store does not hold, so a run on it does the same
+    # work per message as one on the empty store (each message a new Patient and Person)
+    patient = i % PATIENTS + (PATIENTS if tag == "N" else 0)
     return (base.replace(b"BSH20260315000001", f"{tag}{i:08d}".encode())
             .replace(b"BSH-RX-0001", f"RX{tag}-{i:08d}".encode())
             .replace(b"BSH-RXNUM-0001", f"RXN{tag}-{i:08d}".encode())
@@ -363,7 +365,7 @@ def preload(data_dir: Path, total: int) -> None:
         raw.execute("COMMIT")
         batches.clear()
 
-    patient_ids = {}
+    patient_ids = {"H000000": patient_template["id"]}     # the real message above stored patient 0 already
     started = time.perf_counter()
     for i in range(1, total + 1):
         stamp = (datetime(2026, 1, 1) + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
@@ -509,7 +511,8 @@ def run_store(args, label: str, stored: int, processes: int, concurrencies: list
         for c in concurrencies:
             port = server.port if transport == "http" else server.mllp_port
             for round_ in range(rounds or args.rounds):
-                r = load_run(transport, port, server.token, "G", first, args.messages, c, server)
+                r = load_run(transport, port, server.token, "N" if stored else "G", first, args.messages, c,
+                             server)
                 first += args.messages
                 sent += r["messages"]
                 peer = peer_rate(args.peer_messages)

@@ -13,8 +13,6 @@ import ipaddress
 import logging
 import os
 import re
-import threading
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,13 +25,13 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.security.scopes import ROLES
 from gateway.security.shared_secrets import insert_ignoring_duplicates
+from gateway.security.table_cache import TableCache
 from gateway.security.tables import clients as clients_table
 from gateway.security.secret_hash import hash_secret, new_secret, verify_secret
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ORGANIZATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 log = logging.getLogger(__name__)
-REFRESH_SECONDS = 2.0      # how stale a running process's view of another process's edits may be
 
 
 class ClientError(ValueError):
@@ -89,10 +87,8 @@ class ClientRegistry:
 
     def __init__(self, engine: Engine, legacy_file: str | os.PathLike | None = None):
         self.engine = engine
-        self._lock = threading.Lock()
-        self._clients: dict[str, Client] = {}
-        self._stamp: tuple[int, int] | None = None
-        self._looked = float("-inf")           # time.monotonic() of the last comparison
+        self._cache: TableCache[dict[str, Client]] = TableCache(
+            engine, _STAMP, lambda conn: {row.client_id: _client(row) for row in conn.execute(select(clients_table))}, {})
         if legacy_file is not None:
             self._import(Path(legacy_file))
 
@@ -126,17 +122,7 @@ class ClientRegistry:
         return self._current(fresh=True).get(client_id)
 
     def _current(self, fresh: bool = False) -> dict[str, Client]:
-        now = time.monotonic()
-        if not fresh and now - self._looked < REFRESH_SECONDS:
-            return self._clients
-        with self.engine.connect() as conn:
-            stamp = tuple(conn.execute(_STAMP).one())
-            with self._lock:
-                if stamp != self._stamp:
-                    self._clients = {row.client_id: _client(row) for row in conn.execute(select(clients_table))}
-                    self._stamp = stamp
-                self._looked = now
-                return self._clients
+        return self._cache.get(fresh)
 
     # ------------------------------------------------------------------ changing
 
@@ -210,9 +196,7 @@ class ClientRegistry:
                         self_inner.tx.rollback()
                 finally:
                     self_inner.conn.close()
-                    with registry._lock:
-                        registry._stamp = None          # read again at the next look
-                        registry._looked = float("-inf")
+                    registry._cache.invalidate()        # this process sees its own edit at once
 
         return _Edit()
 

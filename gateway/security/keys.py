@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,11 +22,11 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from gateway.security.table_cache import TableCache
 from gateway.security.tables import signing_keys
 
 ALGORITHM = "ES384"
 KEPT_KEYS = 3
-REFRESH_SECONDS = 2.0
 log = logging.getLogger(__name__)
 
 
@@ -44,17 +42,13 @@ class SigningKey:
 
 
 class SigningKeys:
-    """The ``signing_keys`` table, cached: compared with the table (its newest ``seq`` and row count) at
-    most every ``REFRESH_SECONDS``, and at once when a token names a key not in the cache (made by
-    another process's rotation), so another process's new key signs here within that time and
-    verifies here at once."""
+    """The ``signing_keys`` table, cached (gateway/security/table_cache.py), and compared at once when
+    a token names a key not in the cache (made by another process's rotation): another process's new
+    key signs here within ``REFRESH_SECONDS`` and verifies here at once."""
 
     def __init__(self, engine: Engine, legacy_file: str | os.PathLike | None = None):
         self.engine = engine
-        self._lock = threading.Lock()
-        self._keys: list[SigningKey] = []
-        self._stamp: tuple[int, int] | None = None
-        self._looked = float("-inf")
+        self._cache: TableCache[list[SigningKey]] = TableCache(engine, _STAMP, _read_keys, [])
         if legacy_file is not None:
             self._import(Path(legacy_file))
 
@@ -78,19 +72,7 @@ class SigningKeys:
         return self._load()[-1]
 
     def _load(self, fresh: bool = False) -> list[SigningKey]:
-        now = time.monotonic()
-        if not fresh and now - self._looked < REFRESH_SECONDS:
-            return self._keys
-        with self.engine.connect() as conn:
-            stamp = tuple(conn.execute(_STAMP).one())
-            with self._lock:
-                if stamp != self._stamp:
-                    rows = conn.execute(select(signing_keys).order_by(signing_keys.c.seq)).all()
-                    self._keys = [SigningKey(r.kid, r.created, serialization.load_pem_private_key(
-                        r.private_pem.encode(), None)) for r in rows]
-                    self._stamp = stamp
-                self._looked = now
-                return self._keys
+        return self._cache.get(fresh)
 
     def _add(self, keys: list[SigningKey], only_if_none: bool = False) -> None:
         """Appends keys and keeps the newest KEPT_KEYS, in one write transaction (SQLite: the write
@@ -106,7 +88,7 @@ class SigningKeys:
                         {"kid": k.kid, "seq": newest + n, "created": k.created, "private_pem": _pem(k)}
                         for n, k in enumerate(keys, start=1)])
                     conn.execute(delete(signing_keys).where(signing_keys.c.seq <= newest + len(keys) - KEPT_KEYS))
-                self._looked = float("-inf")       # this process sees its own change at once
+                self._cache.invalidate()           # this process sees its own change at once
                 return
             except IntegrityError:
                 if attempt == 4:
@@ -128,6 +110,12 @@ class SigningKeys:
 
 
 _STAMP = select(func.count(), func.coalesce(func.max(signing_keys.c.seq), 0)).select_from(signing_keys)
+
+
+def _read_keys(conn) -> list[SigningKey]:  # noqa: ANN001 - a Connection
+    rows = conn.execute(select(signing_keys).order_by(signing_keys.c.seq)).all()
+    return [SigningKey(r.kid, r.created, serialization.load_pem_private_key(r.private_pem.encode(), None))
+            for r in rows]
 
 
 def _pem(key: SigningKey) -> str:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway import create_app
-from gateway.security.clients import REFRESH_SECONDS
+from gateway.security.table_cache import REFRESH_SECONDS
 from gateway.security.secret_hash import hash_secret
 from gateway.store.search import CursorCodec
 
