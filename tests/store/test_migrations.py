@@ -155,3 +155,10 @@ def test_three_upgrades_at_once_on_an_old_database_migrate_it_once(empty_databas
     with engine.connect() as conn:
         assert conn.execute(select(text("count(*)")).select_from(text("alembic_version"))).scalar() == 1
     engine.dispose()
+
+
+def test_a_misspelt_upgrade_setting_is_refused_not_taken_for_auto(tmp_path, monkeypatch):
+    monkeypatch.delenv("GATEWAY_DATABASE_URL", raising=False)
+    with pytest.raises(migrations.SchemaError, match="must be auto or off, not 'no'"):
+        create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SCHEMA_UPGRADE": "no"})
+    assert not (tmp_path / "gateway.db").exists() or _revision(f"sqlite:///{tmp_path / 'gateway.db'}") is None

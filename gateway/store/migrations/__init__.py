@@ -118,6 +118,8 @@ def _refuse_newer(revision: str | None) -> None:
 
 def prepare(engine: Engine, mode: str = "auto") -> None:
     """At start-up: nothing when current; upgrade (``auto``) or refuse (``off``) when behind."""
+    if mode not in ("auto", "off"):
+        raise SchemaError(f"GATEWAY_SCHEMA_UPGRADE must be auto or off, not {mode!r}")
     with engine.connect() as conn:
         try:
             recorded = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
