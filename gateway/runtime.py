@@ -39,8 +39,6 @@ class Gateway:
 
     @classmethod
     def from_config(cls, config: dict) -> "Gateway":
-        if config["DATABASE_URL"].startswith("sqlite:///"):
-            Path(config["DATABASE_URL"][len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine = make_engine(config["DATABASE_URL"], config["SCHEMA_UPGRADE"])
         zone = ZoneInfo(config["TIMEZONE"]) if config["TIMEZONE"] else None
         store = ResourceStore(engine, SearchParameterRegistry.load(), zone,

@@ -7,7 +7,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from gateway.config import load_config
 
@@ -23,8 +22,6 @@ def _engine(config: dict):
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from gateway.store import make_engine
-    if config["DATABASE_URL"].startswith("sqlite:///"):
-        Path(config["DATABASE_URL"][len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     attempt = 0
     while True:
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from gateway.security.audit import AuditLog
+from gateway.security.cli import DEMO_CLIENT_ID
 from gateway.security.clients import ClientRegistry
 from gateway.security.keys import SigningKeys
 from gateway.security.tokens import TokenService
@@ -35,7 +36,6 @@ class Security:
         keys = SigningKeys(engine, legacy_keys_file(config))
         issuer = config.get("TOKEN_ISSUER") or (config.get("BASE_URL") or "").rstrip("/") or DEFAULT_ISSUER
         production = str(config.get("ENVIRONMENT", "")).lower() == "production"
-        from gateway.security.cli import DEMO_CLIENT_ID
         tokens = TokenService(clients, keys, engine, issuer, int(config.get("TOKEN_LIFETIME_SECONDS") or 300),
                               refused_clients=frozenset({DEMO_CLIENT_ID}) if production else frozenset())
         security = cls(config, clients, keys, tokens, AuditLog(engine, CANONICAL_BASE))
@@ -48,7 +48,6 @@ def _revoke_demo_client(clients: ClientRegistry) -> None:
     """Clients live in the database: a development gateway once started on the database production
     now uses left its demo admin client there. Production revokes it, and its token service refuses
     it even if a development gateway on that database makes it again later."""
-    from gateway.security.cli import DEMO_CLIENT_ID
     demo = clients.fresh(DEMO_CLIENT_ID)
     if demo is not None and demo.active:
         clients.revoke(DEMO_CLIENT_ID)
@@ -67,8 +66,6 @@ def legacy_keys_file(config: dict) -> Path:
 
 def _engine(config: dict) -> Engine:
     from gateway.store.schema import make_engine
-    if config["DATABASE_URL"].startswith("sqlite:///"):
-        Path(config["DATABASE_URL"][len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return make_engine(config["DATABASE_URL"], config["SCHEMA_UPGRADE"])
 
 

@@ -190,7 +190,8 @@ def _writer() -> str | None:
     return scope.organization if scope is not None else _sender.get()
 
 
-def _owned_by(organization: str, res_type_col, res_id_col):
+def owned_by(organization, res_type_col, res_id_col):
+    """The row's resource is owned by ``organization`` (a value or a bindparam)."""
     r = schema.resources.alias("owned")
     return exists(select(r.c.res_id).where(r.c.res_type == res_type_col, r.c.res_id == res_id_col,
                                            r.c.owner == organization))
@@ -208,7 +209,7 @@ def visible_condition(res_type_col, res_id_col, resource_type: str | None = None
     scope = _scope.get()
     if scope is None:
         return None
-    owned = _owned_by(scope.organization, res_type_col, res_id_col)
+    owned = owned_by(scope.organization, res_type_col, res_id_col)
     if scope.routed is not None:
         if resource_type is not None:
             return or_(owned, res_id_col.in_(scope.routed(scope.organization, resource_type)))
@@ -236,7 +237,7 @@ def matchable_conditions(res_type_col, res_id_col, resource_type: str | None = N
         return []
     if purpose != "change" and resource_type in _DISPENSED_TYPES and resource_type in _dispensed_by(sender):
         return []
-    return [_owned_by(sender, res_type_col, res_id_col)]
+    return [owned_by(sender, res_type_col, res_id_col)]
 
 
 def matchable_owner(resource_type: str | None = None, purpose: str = "change") -> tuple[str, str | None]:
@@ -251,11 +252,6 @@ def matchable_owner(resource_type: str | None = None, purpose: str = "change") -
     if purpose != "change" and resource_type in _DISPENSED_TYPES and resource_type in _dispensed_by(sender):
         return "any", None
     return "owned", sender
-
-
-def owned_by(organization, res_type_col, res_id_col):
-    """The row's resource is owned by ``organization`` (a value or a bindparam)."""
-    return _owned_by(organization, res_type_col, res_id_col)
 
 
 def _routed_any(scope: AccessScope, res_type_col, res_id_col):
@@ -411,10 +407,7 @@ def claimed_elsewhere(conn, resource_type: str, tokens: list[tuple[str, str]], o
     """Which of ``tokens`` a current ``resource_type`` of another organization than ``organization`` carries."""
     if not tokens or resource_type in PER_ORGANIZATION_COPIES:
         return []
-    params = {"rt": resource_type, **{f"s{i}": system for i, (system, _value) in enumerate(tokens)},
-              **{f"c{i}": value for i, (_system, value) in enumerate(tokens)}}
-    if len(tokens) > 1:
-        params["codes"] = sorted({value for _system, value in tokens})
+    params = {"rt": resource_type, **schema.token_pairs_params(tokens)}
     if organization:
         params["organization"] = organization
     if except_id is not None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from gateway.config import load_config
 
@@ -12,8 +11,6 @@ def _engine(args: argparse.Namespace):
     from gateway.store.schema import make_engine
     config = load_config({"DATA_DIR": args.data_dir} if getattr(args, "data_dir", None) else {})
     url = config["DATABASE_URL"]
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return make_engine(url, schema_upgrade="none"), url
 
 

@@ -77,10 +77,7 @@ def _persons_query(count: int):
 
 def _persons_with(tx: "StoreTransaction", tokens: list[tuple[str, str]]) -> list[dict]:
     tx.claim_identifiers("Person", tokens)        # two hospitals' first Patients of one person: one Person
-    params = {**{f"s{i}": system for i, (system, _value) in enumerate(tokens)},
-              **{f"c{i}": value for i, (_system, value) in enumerate(tokens)}}
-    if len(tokens) > 1:
-        params["codes"] = sorted({value for _system, value in tokens})
+    params = schema.token_pairs_params(tokens)
     # ordered here, not in SQL: ORDER BY last_updated made SQLite walk every Person through that index
     rows = tx.conn.execute(_persons_query(len(tokens)), params).all()
     from gateway.store.resources import _load

@@ -167,10 +167,7 @@ class StoreTransaction:
         kind, owner = access.matchable_owner(resource_type, purpose)
         if kind != "scoped" and all(system is not None for system, _value in tokens):
             params = {"rt": resource_type, "param": param, **({"owner": owner} if kind == "owned" else {}),
-                      **{f"s{i}": system for i, (system, _value) in enumerate(tokens)},
-                      **{f"c{i}": value for i, (_system, value) in enumerate(tokens)}}
-            if len(tokens) > 1:
-                params["codes"] = sorted({value for _system, value in tokens})
+                      **schema.token_pairs_params(tokens)}
             query = _identifier_query(len(tokens), kind == "owned")
             return [_load(row.content) for row in
                     self._found_or_claimed(query, _identity_keys(resource_type, tokens), params)]

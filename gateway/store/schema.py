@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
                         UniqueConstraint, and_, bindparam, case, create_engine, event, func, or_, select)
+from pathlib import Path
+
 from sqlalchemy.engine import Engine
 
 from gateway.store.content import StoredJson
@@ -99,6 +101,15 @@ def token_pairs_match(count: int):
     return and_(idx_token.c.code.in_(bindparam("codes", expanding=True)), or_(*pairs))
 
 
+def token_pairs_params(tokens: "list[tuple[str, str]]") -> dict:
+    """The bind parameters :func:`token_pairs_match` takes for these (system, code) pairs."""
+    params = {**{f"s{i}": system for i, (system, _code) in enumerate(tokens)},
+              **{f"c{i}": code for i, (_system, code) in enumerate(tokens)}}
+    if len(tokens) > 1:
+        params["codes"] = sorted({code for _system, code in tokens})
+    return params
+
+
 INDEX_TABLES = {"token": idx_token, "string": idx_string, "date": idx_date, "reference": idx_reference}
 
 message_log = Table(
@@ -135,6 +146,8 @@ def make_engine(url: str, schema_upgrade: str = "auto") -> Engine:
     groups concurrent ones. A 16 MB page cache per connection and memory-mapped reads keep
     the hot index pages of a large store in memory."""
     if url.startswith("sqlite"):
+        if url.startswith("sqlite:///"):         # the file's directory, as every caller needs it
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
