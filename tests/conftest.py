@@ -102,18 +102,47 @@ def postgres_server():
     server.stop()
 
 
+# a database the person running the tests named: every gateway uses it, nothing is made or dropped
+_GIVEN_DATABASE_URL = os.environ.get("GATEWAY_DATABASE_URL")
+_STORE_FREE_URL = "postgresql+psycopg://store-free-test@127.0.0.1:1/none"
+
+
+def _postgresql_run() -> bool:
+    return os.environ.get("GATEWAY_TEST_STORE", "sqlite") == "postgresql" and not _GIVEN_DATABASE_URL
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_store_backend(request):
+    """The same as :func:`_store_backend` for the gateways a module-scoped fixture makes (once per
+    module, before any test's own database exists): they store in a PostgreSQL database of the
+    module's, so they too run on both stores."""
+    if not _postgresql_run():
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        if _store_free(request.node):
+            patch.setenv("GATEWAY_DATABASE_URL", _STORE_FREE_URL)
+            yield
+            return
+        server = request.getfixturevalue("postgres_server")
+        url = server.new_database(with_schema=True)
+        patch.setenv("GATEWAY_DATABASE_URL", url)
+        yield
+    server.drop_database(url)
+
+
 @pytest.fixture(autouse=True)
 def _store_backend(request, monkeypatch):
     """``GATEWAY_TEST_STORE=postgresql``: every gateway a test makes (in process, or a ``serve`` it
     starts) stores in a PostgreSQL database of that test's own instead of a SQLite file, so the
     whole suite runs on both stores (README "Tests"; .ci/run runs both)."""
-    if os.environ.get("GATEWAY_TEST_STORE", "sqlite") != "postgresql" or os.environ.get("GATEWAY_DATABASE_URL"):
+    if not _postgresql_run():
         yield
         return
     if _store_free(request.node):
         # a parser or validator unit test: no database to make and drop (0.2 s each, 700 tests);
         # one that makes a gateway after all fails loudly here instead of quietly using SQLite
-        monkeypatch.setenv("GATEWAY_DATABASE_URL", "postgresql+psycopg://store-free-test@127.0.0.1:1/none")
+        monkeypatch.setenv("GATEWAY_DATABASE_URL", _STORE_FREE_URL)
         yield
         return
     server = request.getfixturevalue("postgres_server")

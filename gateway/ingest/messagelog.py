@@ -109,7 +109,8 @@ class MessageLog:
         arrival with the same content (its ACK is the answer to a resend), and whether any arrival
         had other content (the sender's counter was reset). On ``conn`` (the caller's write
         transaction) when given."""
-        params = {"log_id": log_id, "facility": sender_facility, "control": control_id}
+        fitted = _fitted({"sender_facility": sender_facility, "control_id": control_id})
+        params = {"log_id": log_id, "facility": fitted["sender_facility"], "control": fitted["control_id"]}
         if conn is not None:
             rows = conn.execute(_SAME_SENDER, params).all()
         else:
@@ -155,9 +156,10 @@ class MessageLog:
 
 
 def _fitted(identity: dict[str, str | None]) -> dict[str, str | None]:
-    """Identity values cut to their columns' lengths: PostgreSQL refuses a longer value where SQLite
-    keeps it, and a message with an overlong MSH field is refused anyway (``Hl7Pipeline``)."""
-    return {key: value[:message_log.c[key].type.length] if isinstance(value, str) else value
+    """Identity values cut to their columns' lengths and without NUL characters: PostgreSQL refuses
+    both where SQLite keeps them, and a message with an overlong MSH field is refused anyway
+    (``Hl7Pipeline``). The raw bytes keep the message exactly as it came."""
+    return {key: value.replace("\x00", "")[:message_log.c[key].type.length] if isinstance(value, str) else value
             for key, value in identity.items()}
 
 

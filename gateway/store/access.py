@@ -405,6 +405,7 @@ def claim_conflicts(conn, resource: dict, existing: dict | None, owner: str | No
 def claimed_elsewhere(conn, resource_type: str, tokens: list[tuple[str, str]], organization: str | None,
                       except_id: str | None = None) -> list[tuple[str, str]]:
     """Which of ``tokens`` a current ``resource_type`` of another organization than ``organization`` carries."""
+    tokens = schema.storable_tokens(tokens)
     if not tokens or resource_type in PER_ORGANIZATION_COPIES:
         return []
     params = {"rt": resource_type, **schema.token_pairs_params(tokens)}

@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from gateway.store import access, schema
 from gateway.store.search import (CursorCodec, IncludeSpec, SearchCriterion, SearchPage, SortKey,
                                   run_search)
-from gateway.store.search_parameters import IndexValueTooLong, SearchParameterRegistry, index_rows
+from gateway.store.search_parameters import SearchParameterRegistry, UnstorableIndexValue, index_rows
 
 
 class StoreError(Exception):
@@ -35,15 +35,16 @@ class StoreError(Exception):
     issue_code = "processing"
 
 
-class ValueTooLong(StoreError):
-    """A searchable value longer than the store keeps (``search_parameters.INDEX_VALUE_MAX_CHARS``),
-    refused alike on SQLite and PostgreSQL; ``expression`` names the element."""
+class UnstorableValue(StoreError):
+    """A searchable value the store refuses alike on SQLite and PostgreSQL: longer than it keeps
+    (``search_parameters.INDEX_VALUE_MAX_CHARS``, issue ``too-long``) or holding a NUL, which
+    PostgreSQL text cannot; ``expression`` names the element."""
     status = 400
-    issue_code = "too-long"
 
-    def __init__(self, message: str, expression: str):
+    def __init__(self, message: str, expression: str, issue_code: str):
         super().__init__(message)
         self.expression = expression
+        self.issue_code = issue_code
 
 
 class WriteConflict(StoreError):
@@ -162,6 +163,7 @@ class StoreTransaction:
                            param: str = "identifier", purpose: str = "change") -> list[dict]:
         """Current resources carrying any of the (system, value) identifiers, among those the writer
         may match (its organization's: gateway/store/access.py)."""
+        tokens = schema.storable_tokens(tokens)
         if not tokens:
             return []
         kind, owner = access.matchable_owner(resource_type, purpose)
@@ -275,8 +277,8 @@ class StoreTransaction:
         resource["meta"] = meta
         try:        # before anything is written: a refused value leaves the transaction as it was
             index = index_rows(self.store.params, resource, self.store.zone)
-        except IndexValueTooLong as exc:
-            raise ValueTooLong(str(exc), exc.expression) from None
+        except UnstorableIndexValue as exc:
+            raise UnstorableValue(str(exc), exc.expression, exc.issue_code) from None
         content = _dump(resource)
         row = dict(res_type=resource["resourceType"], res_id=resource["id"], version_id=version,
                    last_updated=stamp, deleted=False, content=content)

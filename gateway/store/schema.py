@@ -110,6 +110,13 @@ def token_pairs_params(tokens: "list[tuple[str, str]]") -> dict:
     return params
 
 
+def storable_tokens(tokens: "list[tuple[str | None, str]]") -> "list[tuple[str | None, str]]":
+    """The (system, code) pairs an index row can hold: one with a NUL matches nothing (index_rows
+    refuses it on both stores), and PostgreSQL refuses even to compare text with it."""
+    return [(system, code) for system, code in tokens
+            if "\x00" not in code and (system is None or "\x00" not in system)]
+
+
 INDEX_TABLES = {"token": idx_token, "string": idx_string, "date": idx_date, "reference": idx_reference}
 
 message_log = Table(

@@ -131,6 +131,8 @@ def parse_search(registry: SearchParameterRegistry, resource_type: str, pairs: I
         if name in RESULT_PARAMETERS:
             _result_parameter(registry, query, key, value, max_count)
             continue
+        if "\x00" in value:                              # nothing stored holds one; PostgreSQL refuses it
+            raise SearchError(f"{key}: the value contains the character U+0000 (NUL)", key)
         values = split_values(value)
         if not values:
             continue                                    # an empty parameter is ignored (search.html#errors)

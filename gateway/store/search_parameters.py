@@ -286,38 +286,65 @@ def date_values(value: Any, zone) -> Iterator[tuple[str, str]]:
 INDEX_VALUE_MAX_CHARS = 255
 
 
-class IndexValueTooLong(ValueError):
-    """A searchable value longer than the store keeps; ``expression`` names the element."""
+class UnstorableIndexValue(ValueError):
+    """A searchable value the store refuses alike on SQLite and PostgreSQL; ``expression`` names the
+    element, ``issue_code`` is the FHIR issue type an answer carries."""
+    issue_code = "invalid"
+
+    def __init__(self, message: str, expression: str):
+        super().__init__(message)
+        self.expression = expression
+
+
+class IndexValueTooLong(UnstorableIndexValue):
+    issue_code = "too-long"
 
     def __init__(self, expression: str, length: int):
         super().__init__(f"{expression}: {length} characters; this gateway stores searchable codes, systems, "
-                         f"identifiers and references of at most {INDEX_VALUE_MAX_CHARS}")
-        self.expression = expression
+                         f"identifiers and references of at most {INDEX_VALUE_MAX_CHARS}", expression)
+
+
+class IndexValueHasNul(UnstorableIndexValue):
+    """PostgreSQL text cannot hold U+0000, which SQLite keeps: refused on both, so a message gets the
+    same answer on either store (a NUL byte in a field is a sender's or a transport's fault)."""
+
+    def __init__(self, expression: str):
+        super().__init__(f"{expression}: contains the character U+0000 (NUL), which a searchable value "
+                         "cannot hold", expression)
 
 
 def index_rows(registry: SearchParameterRegistry, resource: dict, zone) -> dict[str, list[dict]]:
     """Rows for every index table (keyed ``token``, ``string``, ``date``, ``reference``, ``quantity``)
-    from the declared parameters of the resource's type. Raises IndexValueTooLong."""
+    from the declared parameters of the resource's type. Raises UnstorableIndexValue."""
     rows: dict[str, list[dict]] = {"token": [], "string": [], "date": [], "reference": [], "quantity": []}
     key = {"res_type": resource["resourceType"], "res_id": resource["id"]}
     for param in registry.for_type(resource["resourceType"]).values():
         row = {**key, "param": param.name}
         for path in param.paths:
-            before = len(rows["token"]), len(rows["reference"])
+            before = {kind: len(kind_rows) for kind, kind_rows in rows.items()}
             for value in walk(resource, path):
                 _add_rows(rows, param, row, value, zone)
-            _check_lengths(rows, before, f"{resource['resourceType']}.{'.'.join(path)}")
+            _check_storable(rows, before, f"{resource['resourceType']}.{'.'.join(path)}")
     return rows
 
 
-def _check_lengths(rows: dict[str, list[dict]], before: tuple[int, int], expression: str) -> None:
-    for row in rows["token"][before[0]:]:
-        for value in (row["system"], row["code"]):
-            if value is not None and len(value) > INDEX_VALUE_MAX_CHARS:
-                raise IndexValueTooLong(expression, len(value))
-    for row in rows["reference"][before[1]:]:
-        if len(row["target"]) > INDEX_VALUE_MAX_CHARS:
-            raise IndexValueTooLong(expression, len(row["target"]))
+def _check_storable(rows: dict[str, list[dict]], before: dict[str, int], expression: str) -> None:
+    for kind, columns in _TEXT_COLUMNS.items():
+        for row in rows[kind][before[kind]:]:
+            for column in columns:
+                value = row[column]
+                if value is None:
+                    continue
+                if "\x00" in value:
+                    raise IndexValueHasNul(expression)
+                if column in _LIMITED_COLUMNS and len(value) > INDEX_VALUE_MAX_CHARS:
+                    raise IndexValueTooLong(expression, len(value))
+
+
+# the text columns of each index table's rows; string rows are cut to their 512 characters instead
+_TEXT_COLUMNS = {"token": ("system", "code"), "reference": ("target",), "string": ("value", "exact"),
+                 "quantity": ("system", "code", "unit")}
+_LIMITED_COLUMNS = {"system", "code", "target", "unit"}
 
 
 def _add_rows(rows: dict[str, list[dict]], param: SearchParameter, row: dict, value: Any, zone) -> None:

@@ -29,7 +29,7 @@ import orjson
 from sqlalchemy import select
 
 from gateway.store import access, schema
-from gateway.store.resources import AccessDenied, OwnershipConflict, StoreTransaction, ValueTooLong
+from gateway.store.resources import AccessDenied, OwnershipConflict, StoreTransaction, UnstorableValue
 
 
 class MappedLike(Protocol):
@@ -87,7 +87,7 @@ def apply_mapped(tx: StoreTransaction, mapped_resources: list[MappedLike], sourc
         resource.setdefault("meta", {})["source"] = source
         try:
             stored, action = _apply_one(tx, mapped, resource, result, check)
-        except ValueTooLong as exc:      # HL7 ERR-3 102 "data type error" at the field it came from
+        except UnstorableValue as exc:      # HL7 ERR-3 102 "data type error" at the field it came from
             result.problems.append(UpsertProblem(mapped, str(exc), "102", exc.expression.split(".", 1)[-1]))
             continue
         if stored is not None:

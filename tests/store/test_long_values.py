@@ -57,3 +57,41 @@ def test_an_overlong_identifier_over_fhir_is_400_naming_the_element(both_stores_
     assert _stored(both_stores_app) == 0
     assert admin.post("/fhir/Patient", json=_patient("P" * INDEX_VALUE_MAX_CHARS),
                       content_type=FHIR_JSON).status_code == 201          # the limit itself is kept
+
+
+# A NUL byte in a field: PostgreSQL text cannot hold U+0000, SQLite can. Found by the HTTP fuzz test
+# once its module-scoped gateway ran on PostgreSQL too (a CSV row's device type: 500 there, stored here).
+
+def test_a_nul_in_a_searchable_hl7_field_is_ae_at_its_field_on_both_stores(both_stores_app):
+    hospital = authenticated(both_stores_app, "hospital")
+    code, errors = _ack(_post_hl7(hospital, _rde("NUL-1", "NUL-1", "NUL\x00MRN")))
+    assert code == "AE" and errors[0][2] == "PID^2^3^1" and errors[0][3].startswith("102^"), errors
+    assert "U+0000" in errors[0][8]
+    assert _stored(both_stores_app) == 0
+
+
+def test_a_nul_in_the_control_id_is_logged_and_answered_alike_on_both_stores(both_stores_app):
+    hospital = authenticated(both_stores_app, "hospital")
+    raw = _rde("NUL-2", "NUL\x00CTRL", "NUL-MRN-2")
+    response = _post_hl7(hospital, raw)
+    assert response.status_code == 200 and b"MSA|AA|" in response.data, response.data
+    logged = both_stores_app.extensions["gateway"].message_log.get(int(response.headers["X-Message-Log-Id"]))
+    assert logged.raw == raw and logged.control_id == "NULCTRL"
+
+
+def test_a_nul_in_a_searchable_fhir_element_is_400_naming_it(both_stores_app):
+    admin = authenticated(both_stores_app, "admin")
+    response = admin.post("/fhir/Patient", json=_patient("P\x00NUL"), content_type=FHIR_JSON)
+    assert response.status_code == 400, response.data
+    issue = response.get_json()["issue"][0]
+    assert issue["code"] == "invalid" and issue["expression"] == ["Patient.identifier"]
+    assert "U+0000" in issue["diagnostics"]
+    assert _stored(both_stores_app) == 0
+
+
+def test_a_nul_in_a_search_value_is_400_naming_the_parameter(both_stores_app):
+    admin = authenticated(both_stores_app, "admin")
+    response = admin.get("/fhir/Patient?identifier=P%00NUL")
+    assert response.status_code == 400, response.data
+    issue = response.get_json()["issue"][0]
+    assert "U+0000" in issue["diagnostics"] and issue["expression"] == ["identifier"]
