@@ -111,6 +111,24 @@ def _postgresql_run() -> bool:
     return os.environ.get("GATEWAY_TEST_STORE", "sqlite") == "postgresql" and not _GIVEN_DATABASE_URL
 
 
+@contextmanager
+def _database_of_its_own(request, patch: pytest.MonkeyPatch) -> Iterator[None]:
+    """GATEWAY_DATABASE_URL names a new PostgreSQL database for this test or module until it ends."""
+    if _store_free(request.node):
+        # a parser or validator unit test: no database to make and drop (0.2 s each, 700 tests);
+        # one that makes a gateway after all fails loudly here instead of quietly using SQLite
+        patch.setenv("GATEWAY_DATABASE_URL", _STORE_FREE_URL)
+        yield
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.new_database(with_schema=True)
+    patch.setenv("GATEWAY_DATABASE_URL", url)
+    try:
+        yield
+    finally:
+        server.drop_database(url)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _module_store_backend(request):
     """The same as :func:`_store_backend` for the gateways a module-scoped fixture makes (once per
@@ -119,16 +137,8 @@ def _module_store_backend(request):
     if not _postgresql_run():
         yield
         return
-    with pytest.MonkeyPatch.context() as patch:
-        if _store_free(request.node):
-            patch.setenv("GATEWAY_DATABASE_URL", _STORE_FREE_URL)
-            yield
-            return
-        server = request.getfixturevalue("postgres_server")
-        url = server.new_database(with_schema=True)
-        patch.setenv("GATEWAY_DATABASE_URL", url)
+    with pytest.MonkeyPatch.context() as patch, _database_of_its_own(request, patch):
         yield
-    server.drop_database(url)
 
 
 @pytest.fixture(autouse=True)
@@ -139,17 +149,8 @@ def _store_backend(request, monkeypatch):
     if not _postgresql_run():
         yield
         return
-    if _store_free(request.node):
-        # a parser or validator unit test: no database to make and drop (0.2 s each, 700 tests);
-        # one that makes a gateway after all fails loudly here instead of quietly using SQLite
-        monkeypatch.setenv("GATEWAY_DATABASE_URL", _STORE_FREE_URL)
+    with _database_of_its_own(request, monkeypatch):   # monkeypatch puts the URL back after the test
         yield
-        return
-    server = request.getfixturevalue("postgres_server")
-    url = server.new_database(with_schema=True)
-    monkeypatch.setenv("GATEWAY_DATABASE_URL", url)      # monkeypatch puts it back after the test
-    yield
-    server.drop_database(url)
 
 
 # unit tests of parsing and validation: they never make a gateway (tests/test_store_free.py checks
