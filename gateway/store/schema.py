@@ -4,8 +4,8 @@ SQLAlchemy Core so the same code runs on the embedded SQLite file and on Postgre
 """
 from __future__ import annotations
 
-from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, and_, bindparam, case, create_engine, event, func, or_, select)
+from sqlalchemy import (Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint,
+                        String, Table, Text, UniqueConstraint, and_, bindparam, case, create_engine, event, func, or_, select)
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -56,14 +56,22 @@ def version_content():
 
 
 def _index_table(name: str, *value_columns: Column) -> Table:
+    """A search index table, keyed by (type, id, param, seq): ``seq`` numbers a resource's rows in the
+    table (search_parameters.index_rows), so the key is unique while values may repeat or be NULL.
+
+    On SQLite the table is ``WITHOUT ROWID``: its rows live in the key's own B-tree, which serves
+    unindexing a resource and reading its sort value (every column is there). A rowid table needed
+    that as a separate covering index, so each index row was kept three times (table, per-resource
+    index, lookup index); now twice: a third less space and one B-tree insert less per row."""
     return Table(
         name, metadata,
         Column("res_type", String(64), nullable=False),
         Column("res_id", String(64), nullable=False),
         Column("param", String(64), nullable=False),
+        Column("seq", Integer, nullable=False),
         *value_columns,
-        # unindexing a resource; a resource's sort value (covering, so it wins over the lookup index)
-        Index(f"ix_{name}_resource_param", "res_type", "res_id", "param", *[c.name for c in value_columns]),
+        PrimaryKeyConstraint("res_type", "res_id", "param", "seq", name=f"pk_{name}"),
+        sqlite_with_rowid=False,
     )
 
 

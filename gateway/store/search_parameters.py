@@ -325,6 +325,9 @@ def index_rows(registry: SearchParameterRegistry, resource: dict, zone) -> dict[
             for value in walk(resource, path):
                 _add_rows(rows, param, row, value, zone)
             _check_storable(rows, before, f"{resource['resourceType']}.{'.'.join(path)}")
+    for kind_rows in rows.values():          # the rows' key within the resource (schema._index_table)
+        for seq, row in enumerate(kind_rows):
+            row["seq"] = seq
     return rows
 
 

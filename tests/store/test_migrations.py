@@ -92,6 +92,55 @@ def test_a_database_from_before_migrations_is_upgraded_with_its_data(empty_datab
     app.extensions["gateway"].store.engine.dispose()
 
 
+def test_index_rows_of_an_earlier_release_are_keyed_by_the_upgrade_and_still_found(empty_database, tmp_path):
+    """0004 copies every index row into the keyed tables (rows that repeat, or have no system, too),
+    and a search finds what it found before; the downgrade gives the rows back as they were."""
+    _migrate(empty_database, "0003")
+    engine = create_engine(empty_database)
+    patient = b'{"resourceType":"Patient","id":"old-2","identifier":[{"value":"A1"},{"value":"A1"}]}'
+    rows = [("identifier", None, "A1"), ("identifier", None, "A1"), ("identifier", "urn:mrn", "A1"),
+            ("gender", None, "male")]
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO resources (res_type, res_id, version_id, last_updated, deleted, content) "
+                          "VALUES ('Patient', 'old-2', 1, '2026-01-01T00:00:00Z', false, :content)"),
+                     {"content": patient})
+        for param, system, code in rows:
+            conn.execute(text("INSERT INTO idx_token (res_type, res_id, param, system, code) "
+                              "VALUES ('Patient', 'old-2', :param, :system, :code)"),
+                         {"param": param, "system": system, "code": code})
+    engine.dispose()
+    _migrate(empty_database, "head")
+    engine = create_engine(empty_database)
+    with engine.connect() as conn:
+        copied = conn.execute(text("SELECT param, system, code, seq FROM idx_token ORDER BY seq")).all()
+        if engine.dialect.name == "sqlite":
+            definition = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'idx_token'")).scalar()
+            assert definition.rstrip().endswith("WITHOUT ROWID")
+    engine.dispose()
+    assert sorted(((p, s, c) for p, s, c, _seq in copied), key=str) == sorted(rows, key=str)
+    assert sorted(seq for *_row, seq in copied) == [0, 1, 2, 3]
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "TESTING": True, "DATABASE_URL": empty_database})
+    admin = authenticated(app, "admin")
+    for query in ("identifier=A1", "identifier=urn:mrn|A1", "identifier=|A1", "gender=male"):
+        found = admin.get(f"/fhir/Patient?{query}").get_json()
+        assert [e["resource"]["id"] for e in found.get("entry", [])] == ["old-2"], query
+    app.extensions["gateway"].store.engine.dispose()
+    _migrate_down(empty_database, "0003")
+    engine = create_engine(empty_database)
+    with engine.connect() as conn:
+        back = [tuple(row) for row in conn.execute(text("SELECT param, system, code FROM idx_token"))]
+        assert "seq" not in {c["name"] for c in inspect(conn).get_columns("idx_token")}
+    engine.dispose()
+    assert sorted(back, key=str) == sorted(rows, key=str)
+
+
+def _migrate_down(url: str, to: str) -> None:
+    engine = make_engine(url, schema_upgrade="none")
+    with engine.begin() as conn:
+        command.downgrade(migrations._config(conn), to)
+    engine.dispose()
+
+
 def test_with_upgrades_off_a_database_behind_is_refused_naming_the_command(empty_database, tmp_path):
     _migrate(empty_database, "0001")
     with pytest.raises(migrations.SchemaError, match="run `fhir-gateway db upgrade`"):
