@@ -97,7 +97,7 @@ class MessageFilter:
         if self.status:
             where.append(m.status == self.status)
         if self.ack_code:
-            where.append(bytes_contain(m.ack, f"MSA|{self.ack_code.upper()}".encode("ascii")))
+            where.append(m.ack_code == self.ack_code.upper())
         if self.control_id:
             where.append(m.control_id == self.control_id)
         if self.text:
@@ -152,14 +152,14 @@ class MessageSummary:
 def find_messages(engine: Engine, criteria: MessageFilter, limit: int = 100,
                   before: int | None = None) -> list[MessageSummary]:
     """Newest first; ``before``: only ids below it (the previous page's last id)."""
-    query = (select(*_SUMMARY, message_log.c.ack).where(*criteria.conditions())
+    query = (select(*_SUMMARY).where(*criteria.conditions())
              .order_by(message_log.c.id.desc()).limit(limit))
     if before is not None:
         query = query.where(message_log.c.id < before)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     return [MessageSummary(r.id, r.received_at, r.transport, r.format, r.sender_application, r.sender_facility,
-                           r.control_id, r.message_type, r.status, ack_code(r.ack)) for r in rows]
+                           r.control_id, r.message_type, r.status, r.ack_code) for r in rows]
 
 
 def matching_ids(engine: Engine, criteria: MessageFilter, limit: int) -> list[int]:
@@ -167,16 +167,6 @@ def matching_ids(engine: Engine, criteria: MessageFilter, limit: int) -> list[in
     query = (select(message_log.c.id).where(*criteria.conditions()).order_by(message_log.c.id).limit(limit))
     with engine.connect() as conn:
         return [row.id for row in conn.execute(query)]
-
-
-def ack_code(ack: bytes | None) -> str | None:
-    """MSA-1 of an ACK (None for documents, answered in FHIR, and for messages not answered yet)."""
-    if not ack:
-        return None
-    for line in ack.replace(b"\n", b"\r").split(b"\r"):
-        if line.startswith(b"MSA") and len(line) > 5:
-            return line[4:6].decode("ascii", "replace")
-    return None
 
 
 # ------------------------------------------------------------------ one message
@@ -230,7 +220,7 @@ def message_detail(engine: Engine, log_id: int, fallback_charset: str = "gb18030
         resources = list(detail.get("resources") or [])
         routed = _deliveries_of(conn, resources)
     summary = MessageSummary(row.id, row.received_at, row.transport, row.format, row.sender_application,
-                             row.sender_facility, row.control_id, row.message_type, row.status, ack_code(row.ack))
+                             row.sender_facility, row.control_id, row.message_type, row.status, row.ack_code)
     charset, text, problem, segments = _decode(row.raw, row.format, fallback_charset)
     ack = row.ack.decode(charset or "utf-8", "replace") if row.ack else None
     return MessageDetail(summary, row.content_sha256, charset, text, problem, segments, ack, detail, resources,

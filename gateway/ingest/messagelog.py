@@ -39,6 +39,16 @@ _SAME_SENDER = select(
 _BY_ID = select(message_log).where(message_log.c.id == bindparam("log_id"))
 
 
+def ack_code(ack: bytes | None) -> str | None:
+    """MSA-1 of an ACK (None for documents, answered in FHIR, and for messages not answered yet)."""
+    if not ack:
+        return None
+    for line in ack.replace(b"\n", b"\r").split(b"\r"):
+        if line.startswith(b"MSA") and len(line) > 5:
+            return line[4:6].decode("ascii", "replace")
+    return None
+
+
 _FRAMING = b"\x0b\x1c\r\n\t "
 _BOM = b"\xef\xbb\xbf"
 
@@ -127,7 +137,8 @@ class MessageLog:
         bound = bound_organization()
         if bound and "bound_to" not in detail:
             detail = {**detail, "bound_to": bound}
-        values = {"log_id": log_id, "status": status, "ack": ack, "detail": orjson.dumps(detail).decode(),
+        values = {"log_id": log_id, "status": status, "ack": ack, "ack_code": ack_code(ack),
+                  "detail": orjson.dumps(detail).decode(),
                   **_fitted(identity or {})}
         if conn is not None:
             conn.execute(_UPDATE, values)

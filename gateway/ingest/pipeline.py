@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.bounds import first_and_count, order_segments
 from gateway.hl7v2 import AckCode, Hl7Error, Hl7Message, Hl7ParseError, build_ack, parse_message
-from gateway.ingest.messagelog import LoggedMessage, MessageLog
+from gateway.ingest.messagelog import LoggedMessage, MessageLog, ack_code
 from gateway.mapping.engine import MappedMessage, MappedResource, MappingSet
 from gateway.mapping.terminology import Terminology
 from gateway.observability import about_message, count_message, stage
@@ -134,7 +134,7 @@ class Hl7Pipeline:
     def _answer_resend(self, log_id: int, message: Hl7Message, earlier: LoggedMessage) -> IngestResult:
         """A resend (same sender, MSH-10 and content) gets the ACK the first arrival got, changing nothing."""
         self.log.finish(log_id, earlier.status, earlier.ack, {"duplicate_of": earlier.id}, identity=_identity(message))
-        return IngestResult(earlier.ack, _ack_code(earlier.ack), log_id, earlier.status, message, duplicate=True)
+        return IngestResult(earlier.ack, ack_code(earlier.ack) or "", log_id, earlier.status, message, duplicate=True)
 
     def _ingest(self, raw: bytes, log_id: int, resend_check: bool = True) -> IngestResult:
         try:
@@ -426,10 +426,3 @@ def _element_of(expression: str | None) -> str | None:
     if not expression or "." not in expression:
         return None
     return expression.split(".", 1)[1]
-
-
-def _ack_code(ack: bytes) -> str:
-    for line in ack.split(b"\r"):
-        if line.startswith(b"MSA"):
-            return line[4:6].decode("ascii", "replace")
-    return ""

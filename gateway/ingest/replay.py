@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import LargeBinary, select, type_coerce, update
 
-from gateway.ingest.message_browser import MessageFilter, ack_code, matching_ids
+from gateway.ingest.message_browser import MessageFilter, matching_ids
+from gateway.ingest.messagelog import ack_code
 from gateway.observability import REPLAYS
 from gateway.store import now_instant
 from gateway.store.access import bound_to
@@ -73,13 +74,18 @@ def replay_matching(gateway, criteria: MessageFilter, *, by: str, force: bool = 
             for log_id in matching_ids(gateway.store.engine, criteria, limit)]
 
 
+# the detail column's bytes as stored: the claim compares them, not the text deflated again, which
+# another process's zlib may write differently
+_STORED_DETAIL = type_coerce(message_log.c.detail, LargeBinary)
+
+
 def recover_interrupted(gateway, older_than_seconds: float, *, by: str | None = None) -> list[ReplayOutcome]:
     """Finish every message left ``received`` for longer than ``older_than_seconds``; see the module text."""
     by = by or f"recovery {socket.gethostname()}:{os.getpid()}"
     cutoff = _instant_ago(older_than_seconds)
     engine = gateway.store.engine
     with engine.connect() as conn:
-        rows = conn.execute(select(message_log.c.id, message_log.c.detail)
+        rows = conn.execute(select(message_log.c.id, message_log.c.detail, _STORED_DETAIL.label("stored_detail"))
                             .where(message_log.c.status == "received", message_log.c.received_at <= cutoff)
                             .order_by(message_log.c.id)).all()
     outcomes = []
@@ -93,7 +99,7 @@ def recover_interrupted(gateway, older_than_seconds: float, *, by: str | None = 
             taken = conn.execute(update(message_log).where(
                 message_log.c.id == candidate.id, message_log.c.status == "received",
                 message_log.c.detail.is_(None) if candidate.detail is None
-                else message_log.c.detail == candidate.detail).values(detail=orjson.dumps(claimed).decode())).rowcount
+                else _STORED_DETAIL == candidate.stored_detail).values(detail=orjson.dumps(claimed).decode())).rowcount
         if taken != 1:
             continue
         row = _row(gateway, candidate.id)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from gateway.store.content import StoredJson
+from gateway.store.content import DeflatedBytes, DeflatedText, StoredJson
 
 metadata = MetaData()
 
@@ -140,8 +140,9 @@ message_log = Table(
     Column("content_sha256", String(64), nullable=False),
     Column("raw", LargeBinary, nullable=False),
     Column("status", String(16), nullable=False),          # received | processed | error | rejected | on-hold
-    Column("ack", LargeBinary),
-    Column("detail", Text),                                 # JSON: warnings, errors, resources written
+    Column("ack", DeflatedBytes),                          # the ACK sent, deflated (gateway/store/content.py)
+    Column("ack_code", String(2)),                         # its MSA-1, for the message browser's filter
+    Column("detail", DeflatedText),                        # JSON: warnings, errors, resources written
     Index("ix_message_log_control", "sender_facility", "control_id"),
     Index("ix_message_log_status", "status"),
 )

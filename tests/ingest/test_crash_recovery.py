@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 
 from gateway.config import REPO_ROOT
 from gateway.ingest.mllp import MllpDecoder, frame
-from gateway.store.content import inflate
+from gateway.store.content import inflate, inflate_plain
 from tests.conftest import sample
 from tests.routing.conftest import free_port, wait_until
 
@@ -77,7 +77,10 @@ def _query(db, statement: str) -> list[tuple]:
 
 
 def _rows(db) -> list[tuple]:
-    return _query(db, "SELECT id, control_id, status, detail FROM message_log ORDER BY id")
+    """(id, control_id, status, detail) of every message-log row, the detail inflated."""
+    return [(log_id, control_id, status, inflate_plain(bytes(detail)) if detail is not None else None)
+            for log_id, control_id, status, detail in
+            _query(db, "SELECT id, control_id, status, detail FROM message_log ORDER BY id")]
 
 
 def _stored_sources(db) -> set[str]:

@@ -134,6 +134,45 @@ def test_index_rows_of_an_earlier_release_are_keyed_by_the_upgrade_and_still_fou
     assert sorted(back, key=str) == sorted(rows, key=str)
 
 
+def test_message_log_rows_of_an_earlier_release_read_and_filter_by_ack_after_the_upgrade(empty_database, tmp_path):
+    """0005: a row written with a plain ACK and text detail keeps both readable, gets its ack_code,
+    and the browser's ACK filter finds it; new rows are stored deflated; the downgrade inflates."""
+    _migrate(empty_database, "0004")
+    engine = create_engine(empty_database)
+    ack = b"MSH|^~\\&|LECHENG_GW|HAINAN_EPC|HIS|H1|20260101||ACK|1|P|2.5\rMSA|AE|C1\rERR|^^^0&x&HL70357|||E"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO message_log (received_at, transport, format, control_id, content_sha256, raw, "
+                          "status, ack, detail) VALUES ('2026-01-01T00:00:00.000Z', 'http', 'hl7v2', 'C1', 'x', "
+                          ":raw, 'error', :ack, :detail)"),
+                     {"raw": b"MSH|^~\\&|HIS|H1", "ack": ack, "detail": '{"errors":["PID-3 missing"]}'})
+    engine.dispose()
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "TESTING": True, "DATABASE_URL": empty_database})
+    admin = authenticated(app, "admin")
+    listed = admin.get("/admin/messages?ack=AE").get_json()
+    assert [(m["control_id"], m["ack_code"]) for m in listed["messages"]] == [("C1", "AE")]
+    assert admin.get("/admin/messages?ack=AA").get_json()["messages"] == []
+    one = admin.get(f"/admin/messages/{listed['messages'][0]['id']}").get_json()
+    assert one["errors"] == ["PID-3 missing"] and one["ack"].startswith("MSH|")
+    store = app.extensions["gateway"].store.engine
+    log = app.extensions["gateway"].message_log
+    log.finish(log.receive(b"MSH|^~\\&|HIS|H1|x", transport="http"), "processed", ack.replace(b"AE", b"AA"),
+               {"warnings": ["w" * 300]})
+    with store.connect() as conn:
+        stored = conn.execute(text("SELECT ack, detail, ack_code FROM message_log ORDER BY id DESC")).first()
+    assert bytes(stored.ack)[:1] == b"\x00" and len(stored.ack) < len(ack)          # deflated
+    assert bytes(stored.detail)[:1] == b"\x00" and len(stored.detail) < 300 and stored.ack_code == "AA"
+    store.dispose()
+    _migrate_down(empty_database, "0004")
+    engine = create_engine(empty_database)
+    with engine.connect() as conn:
+        acks = [bytes(r.ack) for r in conn.execute(text("SELECT ack FROM message_log ORDER BY id"))]
+        details = [r.detail for r in conn.execute(text("SELECT detail FROM message_log ORDER BY id"))]
+    engine.dispose()
+    assert acks == [ack, ack.replace(b"AE", b"AA")]
+    assert [d if isinstance(d, str) else bytes(d).decode() for d in details] == [
+        '{"errors":["PID-3 missing"]}', '{"warnings":["' + "w" * 300 + '"]}']
+
+
 def _migrate_down(url: str, to: str) -> None:
     engine = make_engine(url, schema_upgrade="none")
     with engine.begin() as conn:
