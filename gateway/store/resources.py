@@ -87,17 +87,26 @@ class OwnershipConflict(StoreError):
         super().__init__(f"{resource_type} identifier {numbers} belongs to another organization; nothing was stored")
 
 
+_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"   # in ASCII order
+_ID_LENGTH = 21                     # 62**21 > 2**125: 48 bits of milliseconds and 77 random bits
+
+
 def new_resource_id() -> str:
-    """A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds, then 74 random bits.
+    """A time-ordered id of 21 letters and digits: 48 bits of Unix milliseconds, then 77 random bits
+    (as in a version 7 UUID, RFC 9562), written in base 62, fixed width, so ids sort by time.
 
     Ids written close in time sort together, so the primary keys and every index that starts with
-    (type, id) (versions, the index tables' per-resource indexes, the outbox) grow at their right
-    edge. Random (version 4) ids put each new resource on a random leaf page of each of those
-    indexes, so every message dirtied pages all over a file larger than the page cache."""
-    value = ((time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | getrandbits(12) << 64 | 0b10 << 62
-             | getrandbits(62))
-    h = "%032x" % value
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    (type, id) (versions, the index tables, the outbox) grow at their right edge; random ids put
+    each new resource on a random leaf page of each, dirtying pages all over a file larger than the
+    page cache. 21 characters instead of a UUID's 36: an id is written in every index row and every
+    reference to it, about 40 times per stored order, so the 15 characters saved are 1.5 kB of each
+    message's share of the store."""
+    value = (time.time_ns() // 1_000_000) << 77 | getrandbits(77)
+    digits = []
+    for _ in range(_ID_LENGTH):
+        value, digit = divmod(value, 62)
+        digits.append(_ID_ALPHABET[digit])
+    return "".join(reversed(digits))
 
 
 def now_instant() -> str:
