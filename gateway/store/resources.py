@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from gateway.store import access, schema
+from gateway.store.content import deflate
 from gateway.store.search import (CursorCodec, IncludeSpec, SearchCriterion, SearchPage, SortKey,
                                   run_search)
 from gateway.store.search_parameters import SearchParameterRegistry, UnstorableIndexValue, index_rows
@@ -292,18 +293,19 @@ class StoreTransaction:
         row = dict(res_type=resource["resourceType"], res_id=resource["id"], version_id=version,
                    last_updated=stamp, deleted=False, content=content)
         if insert_current:      # the owner is decided once, when the resource is first stored
-            self.conn.execute(_INSERT_CURRENT, row | {"owner": access.owner_for_new(resource)})
+            _INSERT_CURRENT.run(self.conn, row | {"content": deflate(content),
+                                                  "owner": access.owner_for_new(resource)})
         else:                   # the version it replaces keeps its JSON in resource_versions from now on
             self.conn.execute(_SUPERSEDE, {"res_type_": row["res_type"], "res_id_": row["res_id"]})
             self.conn.execute(_UPDATE_CURRENT, {"res_type_": row["res_type"], "res_id_": row["res_id"],
                                                 "version_id": version, "last_updated": stamp, "deleted": False,
                                                 "content": content})
-        self.conn.execute(_INSERT_VERSION, row | {"content": schema.CURRENT_CONTENT, "method": method})
+        _INSERT_VERSION.run(self.conn, row | {"content": schema.CURRENT_CONTENT, "method": method})
         if not insert_current:          # a resource written for the first time has no index rows yet
             self._unindex(row["res_type"], row["res_id"])
         for search_type, table_rows in index.items():
             if table_rows:
-                self.conn.execute(_INDEX_INSERTS[search_type], table_rows)
+                _INDEX_INSERTS[search_type].run(self.conn, table_rows)
         return resource
 
     def _unindex(self, resource_type: str, resource_id: str) -> None:
@@ -311,12 +313,11 @@ class StoreTransaction:
             self.conn.execute(statement, {"res_type_": resource_type, "res_id_": resource_id})
 
 
-
 # built once: constructing the statement per write cost more than running it (``insert().values()``
-# per call was 6% of a message's time in py-spy)
-_INDEX_INSERTS = {search_type: insert(table) for search_type, table in schema.INDEX_TABLES.items()}
-_INSERT_CURRENT = insert(schema.resources)
-_INSERT_VERSION = insert(schema.resource_versions)
+# per call was 6% of a message's time in py-spy); the inserts run as driver SQL (schema.DriverInsert)
+_INDEX_INSERTS = {search_type: schema.DriverInsert(table) for search_type, table in schema.INDEX_TABLES.items()}
+_INSERT_CURRENT = schema.DriverInsert(schema.resources)
+_INSERT_VERSION = schema.DriverInsert(schema.resource_versions)
 _UPDATE_CURRENT = update(schema.resources).where(
     schema.resources.c.res_type == bindparam("res_type_"), schema.resources.c.res_id == bindparam("res_id_"))
 _SUPERSEDE = update(schema.resource_versions).where(

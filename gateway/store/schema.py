@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from gateway.store.content import DeflatedBytes, DeflatedText, StoredJson
 
@@ -261,6 +261,23 @@ def make_engine(url: str, schema_upgrade: str = "auto") -> Engine:
         from gateway.store import migrations
         migrations.prepare(engine, schema_upgrade)
     return engine
+
+
+class DriverInsert:
+    """An INSERT of every column of ``table``, run with ``exec_driver_sql``: the store runs about
+    thirty fixed inserts per message, and SQLAlchemy's compiled path (cache key, bind processing)
+    cost 28 µs per one-row insert against 13 µs for the driver's own SQL. Values go in as the
+    database takes them: no column type runs, so a caller passes StoredJson content deflated."""
+
+    def __init__(self, table: Table):
+        columns = [c.name for c in table.columns]
+        self._sql = {style: f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+                            f"({', '.join(mark.format(c) for c in columns)})"
+                     for style, mark in (("named", ":{}"), ("pyformat", "%({})s"))}
+
+    def run(self, conn: "Connection", rows: "dict | list[dict]") -> None:
+        """One row, or several in one executemany."""
+        conn.exec_driver_sql(self._sql["named" if conn.dialect.name == "sqlite" else "pyformat"], rows)
 
 
 # ---------------------------------------------------------------- routing outbox (gateway/routing)
