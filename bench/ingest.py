@@ -493,7 +493,9 @@ def run_store(args, label: str, stored: int, processes: int, concurrencies: list
     database_url = postgres.new_database() if postgres is not None else None
     data_dir = Path(tempfile.mkdtemp(prefix="lecheng-bench-ingest-"))
     if stored:
-        cached = Path(args.cache) / f"stored-{stored}"
+        # keyed by the schema revision: a store preloaded by an older release would be migrated first
+        from gateway.store.migrations import head_revision
+        cached = Path(args.cache) / f"stored-{stored}-schema-{head_revision()}"
         if not (cached / "gateway.db").exists() and not any(cached.glob("*.db")):
             shutil.rmtree(cached, ignore_errors=True)
             cached.mkdir(parents=True)
