@@ -162,8 +162,7 @@ class StoreTransaction:
         self.claim(_identity_keys(resource_type, tokens))
 
     def read(self, resource_type: str, resource_id: str) -> dict | None:
-        row = self.conn.execute(select(schema.resources.c.content, schema.resources.c.deleted).where(
-            schema.resources.c.res_type == resource_type, schema.resources.c.res_id == resource_id)).first()
+        row = self.conn.execute(_READ_CURRENT, {"res_type_": resource_type, "res_id_": resource_id}).first()
         if row is None or row.deleted:
             return None
         resource = _load(row.content)
@@ -318,6 +317,8 @@ class StoreTransaction:
 _INDEX_INSERTS = {search_type: schema.DriverInsert(table) for search_type, table in schema.INDEX_TABLES.items()}
 _INSERT_CURRENT = schema.DriverInsert(schema.resources)
 _INSERT_VERSION = schema.DriverInsert(schema.resource_versions)
+_READ_CURRENT = select(schema.resources.c.content, schema.resources.c.deleted).where(
+    schema.resources.c.res_type == bindparam("res_type_"), schema.resources.c.res_id == bindparam("res_id_"))
 _UPDATE_CURRENT = update(schema.resources).where(
     schema.resources.c.res_type == bindparam("res_type_"), schema.resources.c.res_id == bindparam("res_id_"))
 _SUPERSEDE = update(schema.resource_versions).where(
