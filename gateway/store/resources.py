@@ -7,6 +7,7 @@ transaction, so the ingest pipeline (and routing's outbox) commit all of a messa
 """
 from __future__ import annotations
 
+import contextvars
 import secrets
 import time
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway.store import access, schema
 from gateway.store.content import deflate
+from gateway.store.group_commit import LeaderBatches
 from gateway.store.search import (CursorCodec, IncludeSpec, SearchCriterion, SearchPage, SortKey,
                                   run_search)
 from gateway.store.search_parameters import SearchParameterRegistry, UnstorableIndexValue, index_rows
@@ -364,6 +366,8 @@ def _lock_key(key: str) -> int:
 # deadlock_detected, unique_violation (an identity claimed by a transaction that committed meanwhile)
 _CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "23505"})
 WRITE_ATTEMPTS = 8
+UNITS_PER_BATCH = 32        # SQLite: units of work sharing one transaction at most (ResourceStore.writing)
+_RUN_ALONE = object()       # a unit whose shared transaction failed as a whole: its caller runs it again
 T = TypeVar("T")
 
 
@@ -381,6 +385,9 @@ class ResourceStore:
         self.zone = zone or ZoneInfo("UTC")
         # search cursors are signed; without a configured secret they are valid for this process only
         self.cursors = CursorCodec(cursor_secret or secrets.token_bytes(32))
+        # SQLite: concurrent units of work share a transaction (writing); PostgreSQL runs them side by side
+        self._batches = (LeaderBatches(self._run_batch, UNITS_PER_BATCH) if engine.dialect.name == "sqlite"
+                         else None)
 
     @contextmanager
     def write(self) -> Iterator[StoreTransaction]:
@@ -400,7 +407,23 @@ class ResourceStore:
         conflicts (PostgreSQL: serialization failure, deadlock, a unique key claimed meanwhile), roll
         back and run the whole unit again, so it decides on what is committed now (HAPI FHIR and
         Medplum retry the same way). ``unit`` must build everything it writes afresh each time.
-        Raises WriteConflict when the attempts run out."""
+        Raises WriteConflict when the attempts run out.
+
+        On SQLite, units that arrive while another runs share one transaction (group commit, as
+        the message log and audit rows do: ``group_commit.LeaderBatches``). The first caller leads:
+        it runs every queued unit in turn, each under a savepoint of its own and in its caller's
+        context (contextvars: the sender, the access scope, the message being logged), commits once,
+        and wakes their callers, each with its own result or error. Writers queue for SQLite's one
+        write lock anyway; sharing the commit means a message's pages are written to the WAL once
+        per batch rather than once per message, and one BEGIN serves them all. One unit's error
+        rolls back its savepoint only; a batch whose commit fails has each unit run again alone."""
+        if self._batches is not None:
+            outcome = self._batches.submit((unit, contextvars.copy_context(), attempts))
+            if outcome is not _RUN_ALONE:
+                return outcome
+        return self._writing_alone(unit, attempts)
+
+    def _writing_alone(self, unit: Callable[[StoreTransaction], T], attempts: int) -> T:
         for attempt in range(1, attempts + 1):
             try:
                 with self.write() as tx:
@@ -413,6 +436,32 @@ class ResourceStore:
                                         "send it again") from exc
                 time.sleep(uniform(0, 0.002 * 2 ** attempt))      # de-synchronise the writers that collided
         raise AssertionError("unreachable")
+
+    def _run_batch(self, batch: list) -> None:
+        """Runs a batch of :meth:`writing` units (``(unit, context, attempts)`` payloads) in one transaction."""
+        if len(batch) == 1:           # alone: exactly what writing() does without company, no savepoint
+            pending = batch[0]
+            unit, context, attempts = pending.payload
+            try:
+                pending.result = context.run(self._writing_alone, unit, attempts)
+            except Exception as exc:  # noqa: BLE001 - re-raised in its caller
+                pending.error = exc
+            return
+        try:
+            with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+                for pending in batch:
+                    unit, context, _attempts = pending.payload
+                    savepoint = conn.begin_nested()
+                    try:
+                        pending.result = context.run(unit, StoreTransaction(self, conn))
+                    except Exception as exc:  # noqa: BLE001 - this unit's writes go, its neighbours' stay
+                        savepoint.rollback()
+                        pending.result, pending.error = (_RUN_ALONE, None) if is_write_conflict(exc) else (None, exc)
+                    else:
+                        savepoint.commit()
+        except Exception:  # noqa: BLE001 - BEGIN or COMMIT failed: nothing of the batch is stored
+            for pending in batch:
+                pending.result, pending.error = _RUN_ALONE, None
 
     # ------------------------------------------------------------------ reads
 

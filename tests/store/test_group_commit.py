@@ -53,7 +53,7 @@ def _run_while_locked(engine, writer: GroupCommit, names: list[str], db_path) ->
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 10
-    while len(writer._queue) < len(names) - 1 and time.monotonic() < deadline:   # all but the leader queued
+    while writer.queued() < len(names) - 1 and time.monotonic() < deadline:   # all but the leader queued
         time.sleep(0.01)
     assert not outcome, "nothing may return before its row is committed"
     blocker.execute("COMMIT")
@@ -88,7 +88,7 @@ def test_one_caller_alone_commits_at_once(engine):
     begins = _begins(engine)
     writer.insert({"name": "alone"})
     assert _names(engine) == ["alone"] and len(begins) == 1
-    assert not writer._leading and not writer._queue
+    assert writer.idle()
 
 
 def test_returning_keys_gives_each_caller_its_own_row_id(engine, tmp_path):
