@@ -5,8 +5,6 @@ unit run again alone, so nothing is lost and nothing is stored twice."""
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
 from contextvars import ContextVar
 
 import pytest
@@ -14,6 +12,7 @@ from sqlalchemy import event, func, select
 
 from gateway import create_app
 from gateway.store import schema
+from tests.store.sqlite_lock import immediate_begins, run_while_locked
 
 caller: ContextVar[str] = ContextVar("test_caller", default="nobody")
 
@@ -39,31 +38,12 @@ def _patients(store) -> list[str]:
 
 
 def _run_together(store, db_path, units: dict[str, object]) -> dict[str, object]:
-    """Each unit from its own thread (its ``caller`` context variable set to its name) while another
-    connection holds SQLite's write lock, so all but the first queue behind it; then the lock goes."""
-    blocker = sqlite3.connect(db_path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    outcome: dict[str, object] = {}
-
-    def run(name: str) -> None:
-        caller.set(name)
-        try:
-            outcome[name] = store.writing(units[name])
-        except Exception as exc:  # noqa: BLE001
-            outcome[name] = exc
-
-    threads = [threading.Thread(target=run, args=(name,)) for name in units]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 10
-    while store._batches.queued() < len(units) - 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not outcome, "no unit may return before it is committed"
-    blocker.execute("COMMIT")
-    blocker.close()
-    for thread in threads:
-        thread.join(10)
-    return outcome
+    """Each unit from its own thread, its ``caller`` context variable set to its name, while the write
+    lock is held elsewhere."""
+    def call(name: str):
+        caller.set(name)        # each thread starts in a context of its own
+        return store.writing(units[name])
+    return run_while_locked(db_path, {name: (lambda name=name: call(name)) for name in units}, store._batches.queued)
 
 
 def _creating(name: str, fail: bool = False):
@@ -75,16 +55,9 @@ def _creating(name: str, fail: bool = False):
     return unit
 
 
-def _begins(engine) -> list[str]:
-    seen: list[str] = []
-    event.listen(engine, "before_cursor_execute",
-                 lambda _c, _cur, statement, *_rest: seen.append(statement) if statement == "BEGIN IMMEDIATE" else None)
-    return seen
-
-
 def test_units_arriving_together_share_one_transaction_each_in_its_callers_context(sqlite_store):
     store, db_path = sqlite_store
-    begins = _begins(store.engine)
+    begins = immediate_begins(store.engine)
     names = [f"p{i}" for i in range(6)]
     outcome = _run_together(store, db_path, {name: _creating(name) for name in names})
     assert outcome == {name: name for name in names}      # each its own result, read from its own context
