@@ -18,8 +18,15 @@ _MAXMEM = 64 * 1024 * 1024
 
 
 def new_secret() -> str:
-    """A fresh client secret: 32 random bytes, URL-safe text."""
-    return secrets.token_urlsafe(32)
+    """A fresh client secret: 32 random bytes, URL-safe text.
+
+    Never one that starts with ``-``: one secret in 64 would, and a command line then reads
+    ``--client-secret -Xy...`` as an unknown option (the conformance kit's CLI failed so).
+    """
+    while True:
+        secret = secrets.token_urlsafe(32)
+        if not secret.startswith("-"):
+            return secret
 
 
 def hash_secret(secret: str) -> str:

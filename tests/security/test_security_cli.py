@@ -114,3 +114,12 @@ def test_conformance_kit_gets_its_token_with_client_credentials(tmp_path, capsys
         assert conformance_main(["conformance", "--fhir-base", base, "--client-id", "kit",
                                  "--client-secret", "wrong"]) == 2
         assert "could not get a token" in capsys.readouterr().err
+
+
+def test_a_new_secret_never_starts_with_a_dash(monkeypatch):
+    """One secret in 64 started with '-', and `--client-secret -Xy...` is then an unknown option."""
+    from gateway.security import secret_hash
+
+    drawn = iter(["-starts-with-a-dash", "Ok-secret"])
+    monkeypatch.setattr(secret_hash.secrets, "token_urlsafe", lambda _n: next(drawn))
+    assert secret_hash.new_secret() == "Ok-secret"
