@@ -6,7 +6,7 @@ Run from the repository root::
 
     python bench/ingest.py                                 # HTTP and MLLP at 1, 8, 32; empty store
     python bench/ingest.py --stored 200000                 # also at 200,000 stored orders
-    python bench/ingest.py --seconds 10 --concurrency 8 --transports http --rounds 3
+    python bench/ingest.py --messages 1600 --concurrency 8 --transports http --rounds 3
     python bench/ingest.py --database postgresql --processes 1,2 --concurrency 8   # a PostgreSQL it starts
 
 What is measured: ``fhir-gateway serve`` (waitress, 8 threads, SQLite in its data directory, MLLP
