@@ -16,8 +16,11 @@ bench, bench/route.py). Each client connection sends distinct new orders (own MS
 number, one of 20,000 patients) and waits for each ACK (original-mode acknowledgement), so an ACK
 means the message was stored. Clients run in separate processes (threads inside), so their Python
 work does not share the server's GIL. messages/s = ACKs / wall time; latency is per message, from
-send to the whole ACK. The ceiling is a bare Flask app under waitress answering a fixed ACK; the
-peer is ``../shared/peer/bridge_handle_bench.py`` (one process, no HTTP: bytes in, ACK out, bundle
+send to the whole ACK. The ceiling is a bare Flask app under waitress answering a fixed ACK. The
+*pipeline ceiling* runs the gateway's own parse, map, validate and ACK on that bare app, in each
+``--processes`` count, storing, logging, auditing and authorising nothing: what lies between it and
+the gateway is the store-before-ACK and the security. The peer is
+``../shared/peer/bridge_handle_bench.py`` (one process, no HTTP: bytes in, ACK out, bundle
 written to a directory). Gateway runs and peer runs alternate (A, B, A, B); the load average is
 printed beside each, as the machine is shared.
 
@@ -99,14 +102,15 @@ class Server:
     """``fhir-gateway serve`` (or the bare Flask ceiling) as a subprocess on free loopback ports."""
 
     def __init__(self, data_dir: Path | None, threads: int = 8, bare: bool = False, processes: int = 1,
-                 database_url: str | None = None):
+                 database_url: str | None = None, pipeline_only: bool = False):
         self.port, self.mllp_port = _free_port(), _free_port()
         env = {**os.environ, "GATEWAY_RATE_LIMIT": "100000000 per minute", "GATEWAY_LOG_LEVEL": "WARNING",
                "GATEWAY_TOKEN_LIFETIME_SECONDS": "86400"}      # one token for the whole run
         if database_url:
             env["GATEWAY_DATABASE_URL"] = database_url
         if bare:
-            cmd = [sys.executable, __file__, "--bare-server", str(self.port), "--threads", str(threads)]
+            cmd = [sys.executable, __file__, "--pipeline-server" if pipeline_only else "--bare-server",
+                   str(self.port), "--threads", str(threads), "--processes", str(processes)]
         else:
             cmd = [str(Path(sys.executable).parent / "fhir-gateway"), "--data-dir", str(data_dir), "serve",
                    "--port", str(self.port), "--threads", str(threads), "--mllp-port", str(self.mllp_port),
@@ -131,7 +135,7 @@ class Server:
             self.output.append(line)
             if "on http://" in line or "bare server" in line:
                 break
-        if processes > 1:           # wait until every process says it serves
+        if processes > 1 and not bare:      # wait until every process says it serves
             while sum("serving" in line for line in self.output) < processes and time.monotonic() < deadline:
                 line = self.process.stdout.readline()
                 if not line:
@@ -197,6 +201,56 @@ def bare_server(port: int, threads: int) -> None:
 
     print(f"bare server on {port}", flush=True)
     serve(app, host="127.0.0.1", port=port, threads=threads, ident="bare")
+
+
+def pipeline_server(port: int, threads: int, processes: int) -> None:
+    """The second ceiling: the gateway's own parse, map, validate (every resource, as the store step
+    validates it) and ACK for POST /hl7v2 on Flask + waitress, with nothing stored, logged, audited or
+    authorised, in ``processes`` processes forked after binding one socket (as ``serve --processes``
+    shares its). What the gateway does per message beyond this is the store-before-ACK and security."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    children = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            _serve_pipeline(listener, threads)
+            os._exit(0)
+        children.append(pid)
+    print(f"bare server (gateway pipeline, nothing stored, {processes} processes) on {port}", flush=True)
+    try:
+        for pid in children:
+            os.waitpid(pid, 0)
+    except KeyboardInterrupt:
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+
+
+def _serve_pipeline(listener: socket.socket, threads: int) -> None:
+    from flask import Flask, Response, request
+    from waitress import serve
+
+    from gateway.config import load_config
+    from gateway.hl7v2 import AckCode, build_ack, parse_message
+    from gateway.runtime import Gateway
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    gateway = Gateway.from_config(load_config({"DATA_DIR": tempfile.mkdtemp(prefix="lecheng-bench-pipeline-")}))
+    pipeline = gateway.pipeline
+    app = Flask("pipeline")
+
+    @app.post("/hl7v2")
+    def receive():
+        message = parse_message(request.get_data(cache=False), fallback_charset=pipeline.config["FALLBACK_CHARSET"])
+        mapped = pipeline.mappings.for_message(message.message_type).run(message, pipeline.terminology, pipeline.zone)
+        issues = [issue for m in mapped.resources for issue in pipeline.validator.validate(m.resource)
+                  if issue.severity in ("fatal", "error")]
+        code = AckCode.AE if mapped.errors or issues else AckCode.AA
+        return Response(build_ack(message, code, []).encode(), content_type="x-application/hl7-v2+er7")
+
+    serve(app, sockets=[listener], threads=threads, ident="pipeline", _quiet=True)
 
 
 # ------------------------------------------------------------------ clients
@@ -448,11 +502,15 @@ def main() -> None:
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
                         help="postgresql: a throwaway PostgreSQL 15 started for the run (tests/postgres.py)")
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--pipeline-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.database == "postgresql" and args.stored:
         raise SystemExit("--stored preloads SQLite files; use it with --database sqlite")
     if args.bare_server:
         bare_server(args.bare_server, args.threads)
+        return
+    if args.pipeline_server:
+        pipeline_server(args.pipeline_server, args.threads, int(args.processes))
         return
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     transports = args.transports.split(",")
@@ -465,6 +523,17 @@ def main() -> None:
     for c, r in ceiling.items():
         print(f"bare Flask+waitress ceiling  c={c:<3} {r['rate']:7.0f} req/s  p50 {r['p50_ms']:.1f} ms  "
               f"p99 {r['p99_ms']:.1f} ms  load {r['load']:.1f}")
+    for processes in [int(n) for n in args.processes.split(",")]:
+        unstored = Server(None, args.threads, bare=True, pipeline_only=True, processes=processes)
+        # warm-up: the socket is bound before the fork, so it waits while each process builds its gateway
+        load_run("http", unstored.port, "", "V", 0, 400, 8, unstored)
+        for c in concurrencies:
+            r = load_run("http", unstored.port, "", "U", 0, args.messages, c, unstored)
+            assert r["ok"] == r["messages"], f"the pipeline ceiling answered {r['failure']}"
+            print(f"pipeline ceiling x{processes} (parse, map, validate, ACK; nothing stored)  c={c:<3} "
+                  f"{r['rate']:7.0f} msg/s  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
+                  f"server CPU {r['cpu_ms_per_msg']:.2f} ms/msg  load {r['load']:.1f}", flush=True)
+        unstored.stop()
 
     postgres = None
     if args.database == "postgresql":
