@@ -28,6 +28,7 @@ from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.fhir_api.outcome import outcome_response
+from gateway.security import rate_storage
 from gateway.security.audit import AuditRecord
 from gateway.security.policy import OPEN, authorize, rule_for
 from gateway.security.principal import Principal
@@ -63,7 +64,7 @@ def install(app: Flask, security: Security) -> Limiter:
         key_func=_rate_key, app=app,
         application_limits=[app.config.get("RATE_LIMIT") or "6000 per minute"],
         application_limits_exempt_when=lambda: request.endpoint in NOT_AUDITED,
-        storage_uri=app.config.get("REDIS_URL") or "memory://",
+        storage_uri=app.config.get("REDIS_URL") or f"{rate_storage.SCHEME}://",   # thread-safe memory storage
         headers_enabled=True, strategy="moving-window",
         # the limiter would put Retry-After on every answer (a 200 that says "retry later"); it is
         # set only where it means something: 429 here, 202 while a bulk export runs
