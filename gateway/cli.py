@@ -111,6 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"database {app.config['DATABASE_URL']})", flush=True)
     from gateway.ingest.replay import RecoverySweep     # messages a crash left "received" (docstring there)
     recovery = RecoverySweep(app.extensions["gateway"], float(app.config["RECOVER_AFTER_SECONDS"])).start()
+    from gateway.store.checkpoint import WalCheckpointer      # SQLite: WAL checkpoints off the write path
+    checkpointer = WalCheckpointer(app.extensions["gateway"].store.engine).start()
     workers = None
     if not args.no_workers:             # routing: deliver the outbox from this process
         from gateway.routing import make_workers
@@ -122,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         recovery.stop()
+        checkpointer.stop()
         if listener is not None:
             listener.stop()
         if workers is not None:
@@ -152,6 +155,8 @@ def cmd_mllp(args: argparse.Namespace) -> int:
     print(f"Lecheng FHIR gateway MLLP listener on {host}:{port}", flush=True)
     from gateway.ingest.replay import RecoverySweep
     RecoverySweep(gw, float(gw.config["RECOVER_AFTER_SECONDS"])).start()
+    from gateway.store.checkpoint import WalCheckpointer
+    WalCheckpointer(gw.store.engine).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.store.checkpoint import WAL_BACKSTOP_PAGES
 from gateway.store.content import DeflatedBytes, DeflatedText, StoredJson
 
 metadata = MetaData()
@@ -241,6 +242,7 @@ def make_engine(url: str, schema_upgrade: str = "auto") -> Engine:
             cursor.execute("PRAGMA cache_size=-16384")
             cursor.execute("PRAGMA mmap_size=268435456")
             cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")   # see gateway/store/checkpoint.py
             cursor.close()
 
         @event.listens_for(engine, "begin")
