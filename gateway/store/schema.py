@@ -167,7 +167,11 @@ class SqliteWriteLock:
     wakes the next one the moment the last one commits or rolls back; the one at its head then
     waits, without polling, for an exclusive ``flock`` on ``<file>-writers.lock``, which the kernel
     hands to a waiting process the moment the holder lets go (or dies: the lock goes with it).
-    SQLite's busy wait is left for writers that are not the gateway's (the sqlite3 shell)."""
+    SQLite's busy wait is left for writers that are not the gateway's (the sqlite3 shell).
+
+    ``timeout`` bounds the wait for this process's writers only: ``flock`` has no timeout, so a
+    process stopped (not killed) inside a write transaction holds the other processes' writers
+    until it goes on or is killed, where SQLite's busy wait gave up after SQLITE_BUSY_SECONDS."""
 
     def __init__(self, path: str | None):
         self._threads = threading.Lock()
@@ -182,6 +186,8 @@ class SqliteWriteLock:
             return True
         try:
             if self._pid != os.getpid():    # a forked child opens its own: an inherited one shares the lock
+                if self._fd is not None:
+                    os.close(self._fd)          # the parent's lock stays: it holds its own descriptor
                 self._fd, self._pid = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
             fcntl.flock(self._fd, fcntl.LOCK_EX)         # waits without the GIL
         except BaseException:
